@@ -1,0 +1,22 @@
+"""Dependencies of the route handlers, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.service import JobService
+from shared.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _service(request: Request) -> JobService:
+    return request.app.state.service
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ServiceDep = Annotated[JobService, Depends(_service)]

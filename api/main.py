@@ -1,0 +1,98 @@
+"""The gateway: a thin FastAPI app that validates, stores and queues.
+
+Run with `uvicorn api.main:app` (or `sam2fleet api`). It never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from api.limits import BodyLimitMiddleware
+from api.routes import health, images, jobs, models
+from api.service import JobService
+from shared.errors import Sam2FleetError
+from shared.queue import make_celery
+from shared.schemas import JobCreate
+from shared.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Short timeouts: with Redis down a submit must answer 503 in a second or
+        # two, never hang.
+        client = aredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=1, socket_timeout=2,
+            health_check_interval=15,
+        )
+        celery = make_celery(settings)
+        app.state.settings = settings
+        app.state.service = JobService(settings, client, celery)
+        yield
+        await client.aclose()
+        celery.close()
+
+    app = FastAPI(
+        title="sam2fleet",
+        summary="Meta's SAM 2 as a queued GPU worker fleet.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    for router in (jobs.router, images.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_exception_handler(Sam2FleetError, _fleet_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RedisError, _redis_error)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _error(status: int, type_: str, message: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+async def _fleet_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Sam2FleetError)
+    return _error(exc.status, exc.type, exc.message, exc.retry_after)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return _error(422, "invalid_input", "; ".join(parts))
+
+
+async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
+    # The exception text may carry the Redis URL (with its password): name the type only.
+    return _error(503, "unavailable", f"Redis is unavailable ({type(exc).__name__})", 2)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                             routes=app.routes)
+        # The submit handler parses its body itself (JSON or multipart), so FastAPI
+        # does not see JobCreate; publish its schema for clients and /docs.
+        job_schema = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(job_schema.pop("$defs", {}))
+        components["JobCreate"] = job_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app = create_app()

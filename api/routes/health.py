@@ -1,0 +1,46 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from api.deps import ServiceDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez")
+async def livez() -> dict[str, str]:
+    """The process is up; says nothing about Redis or workers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(service: ServiceDep) -> JSONResponse:
+    """Ready: Redis answers and a worker finished its warm-up inference recently."""
+    try:
+        await service.redis.ping()
+        workers = [w for w in await service.workers() if w.get("warm") == "1"]
+    except (RedisError, OSError) as exc:
+        return JSONResponse(
+            {"status": "unavailable", "redis": False, "workers": 0,
+             "reason": f"redis unreachable: {type(exc).__name__}"},
+            status_code=503, headers={"Retry-After": "2"},
+        )
+    if not workers:
+        return JSONResponse(
+            {"status": "unavailable", "redis": True, "workers": 0,
+             "reason": "no warm worker has reported within the heartbeat window"},
+            status_code=503, headers={"Retry-After": "5"},
+        )
+    models = sorted({w.get("model", "") for w in workers})
+    return JSONResponse({"status": "ok", "redis": True, "workers": len(workers),
+                         "models": models})
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

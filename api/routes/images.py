@@ -1,0 +1,54 @@
+"""`/v1/images`: upload an image once, reuse its id in many jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from api.deps import ServiceDep, SettingsDep
+from api.payload import decode_base64_image, read_upload
+from shared.errors import InvalidInput
+from shared.schemas import ImageInfo
+
+router = APIRouter(prefix="/v1/images", tags=["images"])
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }},
+            "application/json": {"schema": {
+                "type": "object", "required": ["image"],
+                "properties": {"image": {"type": "string", "description": "base64"}},
+            }},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("", status_code=201, response_model=ImageInfo, openapi_extra=_UPLOAD_BODY)
+async def upload_image(request: Request, service: ServiceDep, settings: SettingsDep) -> Any:
+    """Multipart `image` part, JSON `{"image": base64}`, or the raw file as the body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=1,
+                                  max_part_size=settings.max_request_bytes)
+        upload = form.get("image")
+        if isinstance(upload, str) or upload is None:
+            raise InvalidInput("multipart uploads need a file part named `image`")
+        data = await read_upload(upload, settings)
+    elif content_type.startswith("application/json"):
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+            raise InvalidInput('JSON uploads look like {"image": "<base64>"}')
+        data = decode_base64_image(body["image"], settings)
+    else:
+        data = await request.body()
+    probed = await service.store_image(data)
+    return ImageInfo(image_id=probed.image_id, width=probed.width, height=probed.height,
+                     format=probed.format)

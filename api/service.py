@@ -1,0 +1,195 @@
+"""What the gateway does with Redis and the queue: no HTTP here.
+
+Accepted work is written in this order: image, job record, then the queue message.
+If the message cannot be sent the record is removed again, so a client told 503
+never leaves a job behind that nobody will run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from functools import partial
+from typing import Any
+
+import anyio
+import redis.asyncio as aredis
+from celery import Celery
+
+from shared.checkpoints import MODELS
+from shared.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidPrompt,
+    NotFound,
+    NoWorkerReady,
+    Unavailable,
+)
+from shared.images import ProbedImage, probe_image, verify_decodable
+from shared.keys import TERMINAL, Keys, decode_hash, job_public_dict
+from shared.queue import SEGMENT_TASK
+from shared.schemas import JobSpec, Prompt
+from shared.settings import Settings
+
+_CANCEL = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s == 'queued' or s == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  redis.call('PUBLISH', KEYS[2], 'cancelled')
+  return 'cancelled'
+end
+return s
+"""
+
+
+class JobService:
+    def __init__(self, settings: Settings, client: aredis.Redis, celery: Celery) -> None:
+        self.settings = settings
+        self.redis = client
+        self.celery = celery
+        self.keys = Keys(settings.key_prefix)
+        self._cancel = client.register_script(_CANCEL)
+
+    # --- images ------------------------------------------------------------------
+
+    async def store_image(self, data: bytes) -> ProbedImage:
+        probed = probe_image(data, max_pixels=self.settings.max_image_pixels)
+        verify_decodable(data)
+        key = self.keys.image(probed.image_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"data": data, "width": probed.width,
+                                "height": probed.height, "format": probed.format})
+        pipe.expire(key, self.settings.image_ttl_s)
+        await pipe.execute()
+        return probed
+
+    async def image_info(self, image_id: str) -> ProbedImage | None:
+        key = self.keys.image(image_id)
+        fields = await self.redis.hmget(key, "width", "height", "format")
+        if fields[0] is None:
+            return None
+        # A job is about to use it: keep it at least as long as a fresh upload.
+        await self.redis.expire(key, self.settings.image_ttl_s)
+        return ProbedImage(image_id, fields[2].decode(), int(fields[0]), int(fields[1]))
+
+    # --- jobs ----------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, image: ProbedImage) -> dict[str, Any]:
+        model = spec.model or self.settings.model
+        if model not in MODELS:
+            raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
+        check_prompts(spec.prompts, image, self.settings)
+        if await self.live_workers(model) == 0:
+            raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
+        spec = spec.model_copy(update={"model": model})
+        job_id = uuid.uuid4().hex
+        record = {
+            "id": job_id, "status": "queued", "model": model, "mode": spec.mode,
+            "image_id": image.image_id, "created_at": time.time(), "attempts": 0,
+            "spec": spec.model_dump_json(),
+        }
+        key = self.keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=record)
+        pipe.expire(key, self.settings.job_ttl_s)
+        await pipe.execute()
+        try:
+            await anyio.to_thread.run_sync(partial(self._send, job_id, model))
+        except Exception as exc:
+            await self.redis.delete(key)
+            raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
+        return job_public_dict({k: str(v) for k, v in record.items()}, None)
+
+    def _send(self, job_id: str, model: str) -> None:
+        self.celery.send_task(
+            SEGMENT_TASK, args=[job_id], queue=self.settings.queue_for(model),
+            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1,
+                                      "interval_step": 0.2, "interval_max": 0.5},
+        )
+
+    async def get(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        record = await self._record(job_id)
+        if record["status"] not in TERMINAL and wait_s > 0:
+            record = await self._wait(job_id, min(wait_s, self.settings.max_wait_s))
+        result = None
+        if record["status"] == "succeeded":
+            result = await self.redis.get(self.keys.result(job_id))
+        return job_public_dict(record, result)
+
+    async def _record(self, job_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        if not raw:
+            raise NotFound(f"no job {job_id} (unknown or expired)")
+        return decode_hash(raw)
+
+    async def _wait(self, job_id: str, wait_s: float) -> dict[str, str]:
+        # Subscribe before re-reading, so a finish between the two is not missed.
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(self.keys.done(job_id))
+            record = await self._record(job_id)
+            deadline = time.monotonic() + wait_s
+            while record["status"] not in TERMINAL:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
+                record = await self._record(job_id)
+        return record
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        state = (await self._cancel(keys=[self.keys.job(job_id), self.keys.done(job_id)],
+                                    args=[time.time()])).decode()
+        if state == "missing":
+            raise NotFound(f"no job {job_id} (unknown or expired)")
+        if state != "cancelled":
+            raise Conflict(f"job {job_id} already {state}; only queued or running jobs cancel")
+        return await self.get(job_id)
+
+    # --- fleet -----------------------------------------------------------------------
+
+    async def workers(self) -> list[dict[str, str]]:
+        found = []
+        now = time.time()
+        async for key in self.redis.scan_iter(match=self.keys.workers_pattern(), count=100):
+            fields = decode_hash(await self.redis.hgetall(key))
+            if not fields:
+                continue
+            age = now - float(fields.get("ts", 0))
+            if age <= self.settings.heartbeat_ttl_s:
+                fields["name"] = key.decode().rsplit(":worker:", 1)[1]
+                fields["last_seen_s"] = f"{age:.3f}"
+                found.append(fields)
+        return found
+
+    async def live_workers(self, model: str) -> int:
+        return sum(1 for w in await self.workers() if w.get("model") == model
+                   and w.get("warm") == "1")
+
+    async def queue_depth(self, model: str) -> int:
+        return int(await self.redis.llen(self.settings.queue_for(model)))
+
+
+def check_prompts(prompts: list[Prompt], image: ProbedImage, settings: Settings) -> None:
+    """Geometry that needs the image size; shapes were checked by the schema."""
+    if len(prompts) > settings.max_objects:
+        raise InvalidPrompt(f"{len(prompts)} prompts; at most {settings.max_objects} per job")
+    w, h = image.width, image.height
+    for i, prompt in enumerate(prompts):
+        if prompt.points is not None:
+            if len(prompt.points) > settings.max_points:
+                raise InvalidPrompt(
+                    f"prompts[{i}] has {len(prompt.points)} points; at most {settings.max_points}"
+                )
+            for x, y in prompt.points:
+                if not (0 <= x <= w and 0 <= y <= h):
+                    raise InvalidPrompt(
+                        f"prompts[{i}] point [{x}, {y}] lies outside the {w}x{h} image"
+                    )
+        if prompt.box is not None:
+            x1, y1, x2, y2 = prompt.box
+            if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+                raise InvalidPrompt(
+                    f"prompts[{i}] box {json.dumps(prompt.box)} lies outside the {w}x{h} image"
+                )

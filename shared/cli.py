@@ -1,0 +1,139 @@
+"""The `sam2fleet` command: up, worker, api, checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from shared.checkpoints import MODELS, ChecksumMismatch, DownloadError, download_checkpoint
+from shared.settings import Settings, get_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sam2fleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run Redis, the workers and the API on this machine")
+    up.add_argument("--host", default=None, help="API address (default SAM2FLEET_HOST)")
+    up.add_argument("--port", type=int, default=None, help="API port (default SAM2FLEET_PORT)")
+    up.add_argument("--workers", type=int, default=None,
+                    help="worker count (default: one per visible GPU, else one CPU worker)")
+    up.add_argument("--data-dir", type=Path, default=Path("var"),
+                    help="folder for the Redis data of a Redis started here (default ./var)")
+    up.add_argument("--no-download", action="store_true",
+                    help="do not fetch a missing checkpoint; fail instead")
+
+    worker = sub.add_parser("worker", help="run one Celery worker holding one SAM 2 model")
+    worker.add_argument("--name", default="worker", help="Celery node name")
+    worker.add_argument("--loglevel", default="INFO")
+
+    api = sub.add_parser("api", help="run the HTTP gateway")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+
+    ckpt = sub.add_parser("checkpoints", help="manage Meta's SAM 2.1 checkpoints")
+    ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
+    dl = ckpt_sub.add_parser("download", help="download, resume and verify checkpoints")
+    dl.add_argument("model", nargs="?", default=None,
+                    help=f"one of {', '.join(MODELS)}, or `all` (default SAM2FLEET_MODEL)")
+    ckpt_sub.add_parser("list", help="known models, files and pinned sha256")
+
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return _up(args)
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "api":
+        return _api(args)
+    return _checkpoints(args)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from shared.fleet import Fleet, say
+
+    settings = get_settings()
+    if not _weights_present(settings) and not settings.random_weights:
+        if args.no_download:
+            say(_missing_weights_message(settings))
+            return 2
+        say(f"no checkpoint for {settings.model}; downloading it first")
+        if _download(settings.model, settings.checkpoint_dir) != 0:
+            say(_missing_weights_message(settings))
+            return 2
+    fleet = Fleet(settings, args.host or settings.host, args.port or settings.port,
+                  args.data_dir, workers=args.workers)
+    return fleet.run()
+
+
+def _weights_present(settings: Settings) -> bool:
+    if settings.checkpoint is not None:
+        return settings.checkpoint.is_file()
+    spec = MODELS.get(settings.model)
+    return spec is not None and (settings.checkpoint_dir / spec.filename).is_file()
+
+
+def _missing_weights_message(settings: Settings) -> str:
+    return (
+        f"no checkpoint for {settings.model} in {settings.checkpoint_dir}/. Either\n"
+        f"  - download it where the network allows: sam2fleet checkpoints download "
+        f"{settings.model}\n"
+        f"  - or copy Meta's file there, or set SAM2FLEET_CHECKPOINT=/path/to/file.pt\n"
+        f"  - or, for a demo or speed test without real weights, opt into seeded random\n"
+        f"    weights (masks are meaningless): SAM2FLEET_RANDOM_WEIGHTS=1 make run"
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    argv = [
+        "celery", "-A", "worker.celery_app", "worker",
+        "--pool", "prefork", "--concurrency", "1",  # one model per worker, in a child
+        "-Q", settings.queue_for(settings.model),
+        "--hostname", f"{args.name}@%h",
+        "--without-gossip", "--without-mingle",
+        "--loglevel", args.loglevel,
+    ]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+    return 0  # not reached
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("api.main:app", host=args.host or settings.host, port=args.port or settings.port,
+                log_level="info", proxy_headers=False)
+    return 0
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.action == "list":
+        for spec in MODELS.values():
+            print(f"{spec.name:24} {spec.filename:28} {spec.bytes:>12,} B  {spec.sha256}")
+        return 0
+    names = list(MODELS) if args.model == "all" else [args.model or settings.model]
+    return max(_download(name, settings.checkpoint_dir) for name in names)
+
+
+def _download(name: str, dest: Path) -> int:
+    spec = MODELS.get(name)
+    if spec is None:
+        print(f"unknown model {name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    try:
+        path = download_checkpoint(spec, dest)
+    except ChecksumMismatch as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except DownloadError as exc:
+        print(f"download failed (run the command again to resume): {exc}", file=sys.stderr)
+        return 1
+    print(f"{spec.name}: {path} (sha256 verified)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Redis key layout. Every key starts with the configured prefix.
+
+    {p}:image:{image_id}   hash  data, width, height, format        TTL image_ttl_s
+    {p}:job:{job_id}       hash  the job record (see JOB_FIELDS)      TTL job_ttl_s
+    {p}:result:{job_id}    str   result JSON, written once            TTL job_ttl_s
+    {p}:done:{job_id}      pub/sub channel announcing a terminal state
+    {p}:worker:{name}      hash  heartbeat: model, device, warm, ts   TTL heartbeat_ttl_s
+    {p}.{model}            list  the model's Celery queue (kombu's layout)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def image(self, image_id: str) -> str:
+        return f"{self.prefix}:image:{image_id}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def result(self, job_id: str) -> str:
+        return f"{self.prefix}:result:{job_id}"
+
+    def done(self, job_id: str) -> str:
+        return f"{self.prefix}:done:{job_id}"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+
+def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def job_public_dict(record: dict[str, str], result_json: bytes | None) -> dict[str, Any]:
+    """Shape a stored job record (and its result) as the `JobPublic` contract."""
+
+    def num(name: str) -> float | None:
+        value = record.get(name)
+        return float(value) if value else None
+
+    out: dict[str, Any] = {
+        "id": record["id"],
+        "status": record["status"],
+        "model": record["model"],
+        "mode": record["mode"],
+        "image_id": record["image_id"],
+        "created_at": float(record["created_at"]),
+        "started_at": num("started_at"),
+        "finished_at": num("finished_at"),
+        "attempts": int(record.get("attempts") or 0),
+    }
+    if record.get("error"):
+        out["error"] = json.loads(record["error"])
+    if result_json is not None and record["status"] == "succeeded":
+        out["result"] = json.loads(result_json)
+    return out

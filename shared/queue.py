@@ -1,0 +1,45 @@
+"""The Celery app configuration both sides use. Imports no torch.
+
+The gateway only sends messages by task name; the worker module registers the
+task on an app built here, so both agree on the broker and its options.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.settings import Settings
+
+SEGMENT_TASK = "sam2fleet.segment"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("sam2fleet", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        # The message carries only the job id; images and prompts live in Redis.
+        task_serializer="json",
+        accept_content=["json"],  # a pickled message is refused, never executed
+        result_serializer="json",
+        result_backend=None,  # results are written by the task itself, keyed by job id
+        task_ignore_result=True,
+        # Long GPU jobs: acknowledge only after the job is done, so a worker that
+        # dies mid-job leaves the message to be redelivered, and take one job at a
+        # time so a dead worker strands at most one.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        broker_transport_options={
+            # Redis redelivers unacknowledged messages after this; it must exceed the
+            # hard time limit or a running job would be handed to a second worker.
+            "visibility_timeout": settings.visibility_timeout_s,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_default_queue=settings.queue_for(settings.model),
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app

@@ -1,0 +1,153 @@
+"""The one module that owns SAM 2: load once, embed, predict, generate.
+
+Everything here calls Meta's own classes (`build_sam2`, `SAM2ImagePredictor`,
+`SAM2AutomaticMaskGenerator`) so the fleet's masks are the ones SAM 2 itself gives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.checkpoints import sha256_file
+from shared.schemas import AutoParams, ModelStamp, Prompt
+from shared.settings import Settings
+from worker.weights import ResolvedWeights, hydra_overrides, resolve_weights
+
+log = logging.getLogger(__name__)
+
+# Without the optional compiled extension SAM 2 skips hole filling in its
+# post-processing (it warns once); results carry a note saying so.
+HAS_SAM2_EXTENSION = importlib.util.find_spec("sam2._C") is not None
+NO_EXTENSION_NOTE = (
+    "sam2._C is not built: hole filling of masks (min_mask_region_area) was skipped "
+    "inside SAM 2's post-processing"
+)
+
+
+@dataclass
+class ObjectMasks:
+    prompt_index: int
+    masks: np.ndarray  # C x H x W bool, best first
+    scores: np.ndarray  # C predicted IoU
+    stability: np.ndarray  # C
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def feature_sizes(image_size: int) -> list[tuple[int, int]]:
+    # SAM2ImagePredictor hard-codes these for 1024 inputs; the backbone's strides
+    # are 4, 8 and 16, so derive them from the model's actual input size.
+    return [(image_size // s, image_size // s) for s in (4, 8, 16)]
+
+
+class SegmentationModel:
+    """SAM 2 resident on one device, with one image embedding set at a time."""
+
+    def __init__(self, settings: Settings, weights: ResolvedWeights | None = None) -> None:
+        from sam2.build_sam import build_sam2
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.weights = weights or resolve_weights(settings)
+        self.device = resolve_device(settings.device)
+        started = time.perf_counter()
+        self.checkpoint_sha256 = sha256_file(self.weights.path)
+        self.model = build_sam2(
+            self.weights.spec.config,
+            str(self.weights.path),
+            device=str(self.device),
+            mode="eval",
+            hydra_overrides_extra=hydra_overrides(settings.model_image_size),
+        )
+        self.image_size: int = self.model.image_size
+        self.predictor = SAM2ImagePredictor(self.model)
+        self.predictor._bb_feat_sizes = feature_sizes(self.image_size)
+        self.load_seconds = time.perf_counter() - started
+        self.stamp = ModelStamp(
+            name=self.weights.spec.name,
+            checkpoint_sha256=self.checkpoint_sha256,
+            weights=self.weights.kind,
+        )
+        log.info(
+            "loaded %s (%s weights, sha256 %s) on %s at %d px in %.1fs",
+            self.stamp.name, self.stamp.weights, self.checkpoint_sha256[:12],
+            self.device, self.image_size, self.load_seconds,
+        )
+
+    @torch.inference_mode()
+    def embed(self, image: np.ndarray) -> None:
+        self.predictor.set_image(image)
+
+    @torch.inference_mode()
+    def predict(self, prompts: list[Prompt], multimask: bool) -> list[ObjectMasks]:
+        """Masks for each object, all from the embedding set by `embed`."""
+        from sam2.utils.amg import calculate_stability_score
+
+        out = []
+        for index, prompt in enumerate(prompts):
+            # One call per object: objects may differ in their number of points,
+            # which SAM 2's batched decoder cannot mix in one tensor.
+            logits, scores, _ = self.predictor.predict(
+                point_coords=np.asarray(prompt.points, dtype=np.float32)
+                if prompt.points
+                else None,
+                point_labels=np.asarray(prompt.labels, dtype=np.int32)
+                if prompt.labels
+                else None,
+                box=np.asarray(prompt.box, dtype=np.float32) if prompt.box else None,
+                multimask_output=multimask,
+                return_logits=True,
+            )
+            threshold = self.predictor.mask_threshold
+            logits_t = torch.from_numpy(logits)
+            stability = calculate_stability_score(logits_t, threshold, 1.0).numpy()
+            order = np.argsort(-scores, kind="stable")
+            out.append(
+                ObjectMasks(
+                    prompt_index=index,
+                    masks=(logits > threshold)[order],
+                    scores=scores[order],
+                    stability=stability[order],
+                )
+            )
+        return out
+
+    @torch.inference_mode()
+    def run_generator(self, generator: Any, image: np.ndarray) -> list[dict[str, Any]]:
+        """Run an automatic generator from `automatic_generator`; records in COCO RLE."""
+        return generator.generate(image)
+
+    def automatic_generator(self, params: AutoParams) -> Any:
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        generator = SAM2AutomaticMaskGenerator(
+            self.model,
+            output_mode="coco_rle",
+            **params.model_dump(),
+        )
+        generator.predictor._bb_feat_sizes = feature_sizes(self.image_size)
+        return generator
+
+    def notes(self, params: AutoParams | None) -> list[str]:
+        if params is not None and params.min_mask_region_area > 0 and not HAS_SAM2_EXTENSION:
+            return [NO_EXTENSION_NOTE]
+        return []
+
+    def warmup(self) -> float:
+        """One real forward pass, so readiness means the model can actually run."""
+        started = time.perf_counter()
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        self.embed(image)
+        self.predict([Prompt(points=[[32.0, 32.0]], labels=[1])], multimask=True)
+        return time.perf_counter() - started

@@ -1,0 +1,82 @@
+"""One job: decode → embed → predict (or generate) → encode. No Redis, no Celery."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from shared.images import decode_rgb, image_id_for
+from shared.schemas import JobResult, JobSpec
+from worker.masks import auto_records, prompt_records
+from worker.model import SegmentationModel
+
+
+def run_job(
+    model: SegmentationModel,
+    spec: JobSpec,
+    image_bytes: bytes,
+    *,
+    max_pixels: int,
+    queue_s: float = 0.0,
+) -> dict[str, Any]:
+    timings = {"queue_s": queue_s, "decode_s": 0.0, "embed_s": 0.0,
+               "predict_s": 0.0, "encode_s": 0.0}
+    started = time.perf_counter()
+    image = decode_rgb(image_bytes, max_pixels=max_pixels)
+    timings["decode_s"] = _since(started)
+
+    if spec.mode == "prompt":
+        mark = time.perf_counter()
+        model.embed(image)
+        timings["embed_s"] = _since(mark)
+        mark = time.perf_counter()
+        objects = model.predict(spec.prompts, spec.multimask)
+        timings["predict_s"] = _since(mark)
+        mark = time.perf_counter()
+        masks = prompt_records(objects, spec.output.format, spec.output.min_score)
+        notes = model.notes(None)
+    else:
+        anns, embed_s, generate_s = _generate_timed(model, image, spec)
+        timings["embed_s"], timings["predict_s"] = embed_s, generate_s - embed_s
+        mark = time.perf_counter()
+        masks = auto_records(anns, spec.output.format, spec.output.min_score)
+        notes = model.notes(spec.auto)
+    timings["encode_s"] = _since(mark)
+
+    height, width = image.shape[:2]
+    result = JobResult.model_validate(
+        {
+            "image": {"image_id": image_id_for(image_bytes), "width": width, "height": height},
+            "model": model.stamp.model_dump(),
+            "masks": masks,
+            "timings": timings,
+            "notes": notes,
+        }
+    )
+    return result.model_dump(mode="json", exclude_none=True)
+
+
+def _generate_timed(
+    model: SegmentationModel, image: np.ndarray, spec: JobSpec
+) -> tuple[list[dict[str, Any]], float, float]:
+    """Run the automatic generator, timing the encoder calls it makes (one per crop)."""
+    generator = model.automatic_generator(spec.auto)
+    embed_total = 0.0
+    set_image = generator.predictor.set_image
+
+    def timed_set_image(img: np.ndarray) -> None:
+        nonlocal embed_total
+        mark = time.perf_counter()
+        set_image(img)
+        embed_total += time.perf_counter() - mark
+
+    generator.predictor.set_image = timed_set_image
+    started = time.perf_counter()
+    anns = model.run_generator(generator, image)
+    return anns, embed_total, _since(started)
+
+
+def _since(mark: float) -> float:
+    return round(time.perf_counter() - mark, 6)

@@ -1,0 +1,107 @@
+"""Per-process worker state: the resident model, the job store, the heartbeat.
+
+Created once in the pool process (`start`), never at import, so importing the
+task module stays cheap and a replaced child process loads its own model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+import redis
+import torch
+
+from shared.keys import Keys
+from shared.settings import Settings
+from worker.gpu import CacheClearer
+from worker.model import SegmentationModel
+from worker.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    model: SegmentationModel
+    store: JobStore
+    clearer: CacheClearer
+    name: str
+    stop_event: threading.Event
+    warm: bool = False
+
+    def beat(self) -> None:
+        self.store.heartbeat(
+            self.name,
+            {
+                "model": self.model.stamp.name,
+                "device": str(self.model.device),
+                "weights": self.model.stamp.weights,
+                "warm": int(self.warm),
+                "pid": os.getpid(),
+            },
+            self.settings.heartbeat_ttl_s,
+        )
+
+
+_current: Runtime | None = None
+
+
+def start(settings: Settings) -> Runtime:
+    global _current
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    model = SegmentationModel(settings)
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+        health_check_interval=30, retry_on_timeout=True,
+    )
+    runtime = Runtime(
+        settings=settings,
+        model=model,
+        store=JobStore(client, Keys(settings.key_prefix)),
+        clearer=CacheClearer(
+            settings.cuda_empty_cache, settings.cuda_empty_cache_threshold_bytes, model.device
+        ),
+        name=f"{socket.gethostname()}:{os.getpid()}",
+        stop_event=threading.Event(),
+    )
+    seconds = model.warmup()
+    runtime.warm = True
+    log.info("warm-up inference took %.2fs; worker %s ready", seconds, runtime.name)
+    threading.Thread(target=_heartbeat_loop, args=(runtime,), daemon=True,
+                     name="sam2fleet-heartbeat").start()
+    _current = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    if _current is None:  # a solo pool or eager call: load in this process
+        from shared.settings import get_settings
+
+        return start(get_settings())
+    return _current
+
+
+def stop() -> None:
+    if _current is None:
+        return
+    _current.stop_event.set()
+    try:
+        _current.store.forget_worker(_current.name)
+    except redis.RedisError:
+        pass  # Redis gone too; the key expires by itself
+
+
+def _heartbeat_loop(runtime: Runtime) -> None:
+    while not runtime.stop_event.is_set():
+        try:
+            runtime.beat()
+        except redis.RedisError as exc:
+            # Keep beating: the worker reconnects by itself when Redis is back.
+            log.warning("heartbeat failed: %s", exc)
+        runtime.stop_event.wait(runtime.settings.heartbeat_interval_s)
