@@ -5,6 +5,7 @@ Run with `uvicorn api.main:app` (or `sam2fleet api`). It never imports torch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,8 @@ from shared.errors import Sam2FleetError
 from shared.queue import make_celery
 from shared.schemas import JobCreate
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger("sam2fleet.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Sam2FleetError, _fleet_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -79,6 +83,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
     # The exception text may carry the Redis URL (with its password): name the type only.
     return _error(503, "unavailable", f"Redis is unavailable ({type(exc).__name__})", 2)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal", "internal error; it has been logged")
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -60,16 +60,17 @@ async def job_from_request(
     """The spec, plus either the image bytes or the id of an uploaded image."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(
+        # The context closes the spooled temporary files of the parts.
+        async with request.form(
             max_files=1, max_fields=8, max_part_size=settings.max_request_bytes
-        )
-        upload, job_field = form.get("image"), form.get("job")
-        if not isinstance(upload, UploadFile):
-            raise InvalidInput("multipart requests need a file part named `image`")
-        # No `job` part: segment everything, the one mode that needs no prompts.
-        spec = parse_json(JobSpec, job_field.encode()) if isinstance(job_field, str) else \
-            JobSpec(mode="auto")
-        return spec, await read_upload(upload, settings), None
+        ) as form:
+            upload, job_field = form.get("image"), form.get("job")
+            if not isinstance(upload, UploadFile):
+                raise InvalidInput("multipart requests need a file part named `image`")
+            # No `job` part: segment everything, the one mode that needs no prompts.
+            spec = parse_json(JobSpec, job_field.encode()) if isinstance(job_field, str) \
+                else JobSpec(mode="auto")
+            return spec, await read_upload(upload, settings), None
     if content_type.split(";")[0].strip() not in ("application/json", ""):
         raise UnsupportedMediaType(
             f"unsupported content type {content_type!r}; send application/json or "

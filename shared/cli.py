@@ -86,7 +86,18 @@ def _missing_weights_message(settings: Settings) -> str:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from shared.errors import ModelUnavailable
+    from worker.weights import resolve_weights
+
     settings = get_settings()
+    try:
+        # Before Celery starts: a missing checkpoint is one clear line, not a traceback.
+        weights = resolve_weights(settings)
+    except ModelUnavailable as exc:
+        print(f"sam2fleet worker: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"sam2fleet worker: {settings.model} from {weights.path} ({weights.kind} weights)",
+          flush=True)
     argv = [
         "celery", "-A", "worker.celery_app", "worker",
         "--pool", "prefork", "--concurrency", "1",  # one model per worker, in a child

@@ -93,8 +93,7 @@ class Fleet:
         say(f"redis: {self.redis.source} at {self.redis.url}{where}")
         self.plan()
         for child in self.children:
-            child.start()
-            say(f"{child.name}: started (pid {child.process.pid if child.process else '?'})")
+            self._start(child)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         base = f"http://{self.host}:{self.port}"
@@ -131,7 +130,11 @@ class Fleet:
             child.backoff_until = 0.0
             child.restarts += 1
             say(f"{child.name}: exited with {code}; restarting (restart {child.restarts})")
-            child.start()
+            self._start(child)
+
+    def _start(self, child: Child) -> None:
+        child.start()
+        say(f"{child.name}: started (pid {child.process.pid if child.process else '?'})")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stopping:

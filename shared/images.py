@@ -48,9 +48,9 @@ def _open(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image declares too many pixels: {exc}") from None
     except UnidentifiedImageError:
-        raise UnsupportedImage(
-            "not a recognised image; send PNG, JPEG or WebP"
-        ) from None
+        raise UnsupportedImage("not a recognised image; send PNG, JPEG or WebP") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # recognised, but the header is cut
+        raise InvalidImage(f"image header is truncated or corrupt: {exc}") from None
 
 
 def probe_image(data: bytes, *, max_pixels: int) -> ProbedImage:
@@ -94,10 +94,8 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
         grey = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels are composited on black, as SAM's own loaders see them
-        # after convert("RGB").
-        img = img.convert("RGBA")
+    # Alpha is dropped, not composited: the colour under a transparent pixel is
+    # what SAM sees, as with SAM's own loaders (PIL convert("RGB")).
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 

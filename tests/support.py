@@ -51,7 +51,8 @@ def scene(width: int = 320, height: int = 240, seed: int = 0) -> np.ndarray:
     img = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
                     np.full_like(xx, 60)], axis=-1).astype(np.uint8)
     for _ in range(3):
-        cx, cy = rng.integers(width // 5, 4 * width // 5), rng.integers(height // 5, 4 * height // 5)
+        cx = rng.integers(width // 5, 4 * width // 5)
+        cy = rng.integers(height // 5, 4 * height // 5)
         r = int(rng.integers(min(width, height) // 10, min(width, height) // 4))
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.integers(0, 256, 3)
     return img

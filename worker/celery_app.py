@@ -9,6 +9,8 @@ killed mid-job and requeues that job (acks late + reject on worker lost).
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
@@ -27,9 +29,16 @@ import worker.tasks  # noqa: E402,F401  registers the task on this app
 def _check_weights(**_: object) -> None:
     # Fail fast in the supervising process: a missing checkpoint should stop the
     # worker with a clear message, not make the pool respawn children forever.
+    # Celery swallows exceptions raised here and then hangs, hence the hard exit.
+    from shared.errors import ModelUnavailable
     from worker.weights import resolve_weights
 
-    resolve_weights(get_settings())
+    try:
+        resolve_weights(get_settings())
+    except ModelUnavailable as exc:
+        log.error("%s", exc.message)
+        sys.stderr.flush()
+        os._exit(2)
 
 
 @worker_process_init.connect

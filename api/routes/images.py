@@ -36,12 +36,12 @@ async def upload_image(request: Request, service: ServiceDep, settings: Settings
     """Multipart `image` part, JSON `{"image": base64}`, or the raw file as the body."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=1,
-                                  max_part_size=settings.max_request_bytes)
-        upload = form.get("image")
-        if isinstance(upload, str) or upload is None:
-            raise InvalidInput("multipart uploads need a file part named `image`")
-        data = await read_upload(upload, settings)
+        async with request.form(max_files=1, max_fields=1,
+                                max_part_size=settings.max_request_bytes) as form:
+            upload = form.get("image")
+            if isinstance(upload, str) or upload is None:
+                raise InvalidInput("multipart uploads need a file part named `image`")
+            data = await read_upload(upload, settings)
     elif content_type.startswith("application/json"):
         body = await request.json()
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):

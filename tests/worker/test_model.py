@@ -1,0 +1,44 @@
+"""The model module over the real tiny architecture (reduced input size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from shared.schemas import Prompt
+from shared.settings import Settings
+from tests import oracle
+from tests.conftest import SMALL
+from tests.support import scene
+from worker.gpu import CacheClearer
+from worker.masks import prompt_records, rle_decode
+from worker.model import SegmentationModel, feature_sizes
+
+
+def test_feature_sizes_follow_the_input_size() -> None:
+    assert feature_sizes(1024) == [(256, 256), (128, 128), (64, 64)]
+    assert feature_sizes(256) == [(64, 64), (32, 32), (16, 16)]
+
+
+def test_loads_checkpoint_and_predicts_like_meta(tiny_checkpoint: Path) -> None:
+    model = SegmentationModel(Settings(checkpoint=tiny_checkpoint, model_image_size=SMALL,
+                                       device="cpu"))
+    assert model.image_size == SMALL and model.stamp.weights == "random"
+    assert model.warmup() > 0
+    image = scene(160, 120, seed=21)
+    prompts = [{"points": [[50, 40], [90, 80]], "labels": [1, 0]}, {"box": [10, 10, 120, 100]}]
+    model.embed(image)
+    objects = model.predict([Prompt(**p) for p in prompts], multimask=True)
+    direct = oracle.predict(tiny_checkpoint, SMALL, image, prompts, True)
+    records = prompt_records(objects, "rle", 0.0)
+    assert [r["segmentation"]["counts"] for r in records] == \
+        [c for obj in direct for c, _ in obj]
+    for r in records:
+        assert rle_decode(r["segmentation"]).sum() == r["area"]
+
+
+def test_cache_clearer_is_a_no_op_on_cpu() -> None:
+    clearer = CacheClearer("always", 0, torch.device("cpu"))
+    assert clearer.after_batch() == 0 and clearer.clears == 0
+
