@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# sam2 from its pinned sdist, verified, built without isolation against the torch
 	# above (isolation would download a second multi-GB torch just to run setup.py);
 	# SAM2_BUILD_CUDA=0: the optional CUDA extension needs nvcc (see docs).
-	rm -rf $(VENV)/sdist && $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+	rm -rf $(VENV)/sdist && $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
 		sam2==1.1.0 -d $(VENV)/sdist
 	echo "$(SAM2_SDIST_SHA256)  $(VENV)/sdist/sam2-1.1.0.tar.gz" | sha256sum -c -
 	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation \
