@@ -1,7 +1,7 @@
 """One settings object per process, read from `SAM2FLEET_*` environment variables.
 
-Every field carries a description; `docs/settings.md` is checked against this class
-by a test, so the documentation cannot drift from the code.
+Every field carries a description; the README's settings table is checked against this
+class by a test, so the documentation cannot drift from the code.
 """
 
 from __future__ import annotations
