@@ -128,8 +128,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"overhead-{result['image_size']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_s")
-                      or k.endswith("median_s")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("direct_s", "fleet_s")},
+                     indent=2))
     print(f"ratio fleet/direct (medians): {result['ratio_fleet_over_direct']}  -> {path}")
     return 0
 

@@ -59,7 +59,7 @@ def _up(args: argparse.Namespace) -> int:
             say(_missing_weights_message(settings))
             return 2
         say(f"no checkpoint for {settings.model}; downloading it first")
-        if _download(settings.model, settings.checkpoint_dir) != 0:
+        if _download(settings.model, settings) != 0:
             say(_missing_weights_message(settings))
             return 2
     fleet = Fleet(settings, args.host or settings.host, args.port or settings.port,
@@ -126,16 +126,17 @@ def _checkpoints(args: argparse.Namespace) -> int:
             print(f"{spec.name:24} {spec.filename:28} {spec.bytes:>12,} B  {spec.sha256}")
         return 0
     names = list(MODELS) if args.model == "all" else [args.model or settings.model]
-    return max(_download(name, settings.checkpoint_dir) for name in names)
+    return max(_download(name, settings) for name in names)
 
 
-def _download(name: str, dest: Path) -> int:
+def _download(name: str, settings: Settings) -> int:
     spec = MODELS.get(name)
     if spec is None:
         print(f"unknown model {name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
         return 2
     try:
-        path = download_checkpoint(spec, dest)
+        path = download_checkpoint(spec, settings.checkpoint_dir,
+                                   base_url=settings.checkpoint_base_url)
     except ChecksumMismatch as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1

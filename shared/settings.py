@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="Path to a checkpoint file in Meta's format ({'model': state_dict}); "
         "overrides checkpoint_dir, for fine-tuned weights too.",
     )
+    checkpoint_base_url: str = Field(
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824",
+        description="Where `sam2fleet checkpoints download` fetches Meta's files; point it "
+        "at a mirror on networks that cannot reach Meta's host.",
+    )
     random_weights: bool = Field(
         False,
         description="Explicit opt-in: run with seeded random weights when no checkpoint "

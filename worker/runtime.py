@@ -43,6 +43,8 @@ class Runtime:
                 "weights": self.model.stamp.weights,
                 "warm": int(self.warm),
                 "pid": os.getpid(),
+                "cuda_cache_clears": self.clearer.clears,
+                "cuda_cache_bytes_released": self.clearer.bytes_released,
             },
             self.settings.heartbeat_ttl_s,
         )
@@ -51,8 +53,17 @@ class Runtime:
 _current: Runtime | None = None
 
 
+class _QuietSam2(logging.Filter):
+    """Drop SAM 2's per-image INFO lines ("Computing image embeddings...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}sam2{os.sep}" not in record.pathname
+
+
 def start(settings: Settings) -> Runtime:
     global _current
+    # SAM 2 logs through the root logger directly, so the filter sits there.
+    logging.getLogger().addFilter(_QuietSam2())
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     model = SegmentationModel(settings)

@@ -200,3 +200,42 @@ def test_models_table() -> None:
         assert m.filename == f"{name}.pt"
         assert m.config.startswith("configs/sam2.1/") and m.config.endswith(".yaml")
     assert len({m.sha256 for m in MODELS.values()}) == 4
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, cdn: FakeCDN, dest: Path, *argv: str) -> int:
+    from shared import cli
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("SAM2FLEET_CHECKPOINT_BASE_URL", cdn.base_url)
+    monkeypatch.setenv("SAM2FLEET_CHECKPOINT_DIR", str(dest))
+    get_settings.cache_clear()
+    try:
+        return cli.main(["checkpoints", "download", *argv])
+    finally:
+        get_settings.cache_clear()
+
+
+def test_cli_download_from_a_mirror(cdn: FakeCDN, spec: ModelSpec, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from shared import cli
+
+    pinned = ModelSpec("sam2.1_hiera_tiny", spec.config, FILENAME, spec.bytes, spec.sha256)
+    monkeypatch.setitem(cli.MODELS, "sam2.1_hiera_tiny", pinned)
+    assert _cli(monkeypatch, cdn, tmp_path, "sam2.1_hiera_tiny") == 0
+    assert sha256_file(tmp_path / FILENAME) == spec.sha256
+    assert "sha256 verified" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_file_that_is_not_the_pinned_one(
+    cdn: FakeCDN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from shared import cli
+
+    real = cli.MODELS["sam2.1_hiera_tiny"]  # Meta's pinned hash; the mirror serves other bytes
+    monkeypatch.setitem(cli.MODELS, "sam2.1_hiera_tiny",
+                        ModelSpec(real.name, real.config, FILENAME, len(PAYLOAD), real.sha256))
+    assert _cli(monkeypatch, cdn, tmp_path, "sam2.1_hiera_tiny") == 1
+    assert "refused" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
