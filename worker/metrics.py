@@ -1,0 +1,331 @@
+"""The worker's Prometheus metrics, served by the pool process on its own port.
+
+Why the pool process serves them (not prometheus-client's multiprocess mode): with
+`--concurrency 1` one child holds the model, runs every job and knows the GPU, so
+its registry *is* the worker's state; the supervisor has nothing to add. Each worker
+gets its own port (`worker_metrics_port`; `sam2fleet up` gives worker i port + i)
+and a `worker` label (its Celery node name), so several workers on one host are
+separate series that `sum` adds up. A replaced child starts from zero, which
+`rate()`/`increase()` treat as a counter reset.
+
+Job metrics are observed where the job record changes: `ObservedJobStore` wraps the
+store's start/succeed/fail, so the task module needs no metric calls, and the
+end-to-end latency (record `created_at` to the terminal write) is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from celery.signals import task_postrun
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shared.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, MODES, OUTCOMES, STAGES, error_types
+from worker.observability import node_name
+from worker.store import JobStore
+
+if TYPE_CHECKING:
+    from worker.gpu import CacheClearer
+    from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+JOBS_FINISHED = Counter(
+    "sam2fleet_jobs_finished_total",
+    "Jobs a worker took from the queue, by outcome.",
+    ["model", "mode", "outcome", "worker"],
+)
+JOB_ERRORS = Counter(
+    "sam2fleet_job_errors_total",
+    "Failed jobs by `error.type`.",
+    ["model", "mode", "error_type", "worker"],
+)
+STAGE_SECONDS = Histogram(
+    "sam2fleet_job_stage_duration_seconds",
+    "Seconds a job spent in each stage: queue, decode, embed, predict, encode.",
+    ["model", "mode", "stage", "worker"],
+    buckets=LATENCY_BUCKETS,
+)
+JOB_SECONDS = Histogram(
+    "sam2fleet_job_duration_seconds",
+    "End to end: submission to the terminal state written.",
+    ["model", "mode", "outcome", "worker"],
+    buckets=LATENCY_BUCKETS,
+)
+MASKS = Counter(
+    "sam2fleet_masks_returned_total", "Masks in succeeded results.", ["model", "mode", "worker"]
+)
+BATCH_SIZE = Histogram(
+    "sam2fleet_batch_size",
+    "Prompts decoded against one image embedding: objects (prompt mode) or grid points "
+    "(auto mode, points_per_side squared).",
+    ["model", "mode", "worker"],
+    buckets=BATCH_BUCKETS,
+)
+CACHE_HITS = Counter(
+    "sam2fleet_embedding_cache_hits_total",
+    "Image embeddings reused from a cache (no cache yet: stays 0).",
+    ["model", "worker"],
+)
+CACHE_MISSES = Counter(
+    "sam2fleet_embedding_cache_misses_total",
+    "Image embeddings looked up and not found (no cache yet: stays 0).",
+    ["model", "worker"],
+)
+WORKER_UP = Gauge(
+    "sam2fleet_worker_up",
+    "1 once the model is loaded and warmed up.",
+    ["model", "device", "worker"],
+)
+HEARTBEAT = Gauge(
+    "sam2fleet_worker_last_heartbeat_timestamp_seconds",
+    "Unix time of the last heartbeat written to Redis.",
+    ["worker"],
+)
+MODEL_LOAD = Gauge(
+    "sam2fleet_model_load_seconds",
+    "Seconds to build the model and load weights.",
+    ["model", "worker"],
+)
+WARMUP = Gauge(
+    "sam2fleet_model_warmup_seconds", "Seconds of the warm-up inference.", ["model", "worker"]
+)
+
+_installed: Collector | None = None
+_store: ObservedJobStore | None = None
+
+
+@task_postrun.connect
+def _task_ended(args: Any = None, retval: object = None, **_: Any) -> None:
+    if _store is not None and args:
+        _store.task_ended(str(args[0]), retval)
+
+
+class DeviceMemory:
+    """Torch's allocator view and the driver's (NVML) view of one device's memory."""
+
+    def __init__(self, device: torch.device) -> None:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        self.nvml = _nvml_handle(device) if device.type == "cuda" else None
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            # A CPU worker holds no GPU memory: say so with zeros (device="cpu") rather
+            # than no series, so fleet-wide panels and sums still work.
+            return dict.fromkeys(
+                ("allocated", "reserved", "peak", "driver_used", "driver_total"), 0.0
+            )
+        out = {
+            "allocated": float(torch.cuda.memory_allocated(self.device)),
+            "reserved": float(torch.cuda.memory_reserved(self.device)),
+            "peak": float(torch.cuda.max_memory_allocated(self.device)),
+        }
+        if self.nvml is not None:  # no NVML on a GPU worker: the driver gauges are absent
+            import pynvml
+
+            info = pynvml.nvmlDeviceGetMemoryInfo(self.nvml)
+            out["driver_used"], out["driver_total"] = float(info.used), float(info.total)
+        return out
+
+
+def _nvml_handle(device: torch.device) -> Any:
+    try:
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+        # By PCI address: torch's index and NVML's differ under CUDA_VISIBLE_DEVICES.
+        p = torch.cuda.get_device_properties(device)
+        bus_id = f"{p.pci_domain_id:08x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+    except Exception as exc:  # no driver library, old driver, no PCI info
+        log.warning("NVML unavailable (%s): driver memory gauges are not exported", exc)
+        return None
+
+
+class WorkerCollector(Collector):
+    """Read at scrape time: device memory and the cache clearer's counts."""
+
+    def __init__(self, worker: str, memory: DeviceMemory, clearer: CacheClearer) -> None:
+        self.worker, self.memory, self.clearer = worker, memory, clearer
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["worker", "device"]
+        values = [self.worker, str(self.memory.device)]
+        helps = {
+            "allocated": "Bytes held by tensors (torch.cuda.memory_allocated).",
+            "reserved": "Bytes held by torch's caching allocator (memory_reserved).",
+            "peak": "Most bytes allocated during the current or last job "
+            "(max_memory_allocated, reset when a job starts).",
+            "driver_used": "Bytes in use on the whole device, all processes (NVML).",
+            "driver_total": "Bytes on the device (NVML).",
+        }
+        for key, value in self.memory.read().items():
+            gauge = GaugeMetricFamily(
+                f"sam2fleet_gpu_memory_{key}_bytes", helps[key], labels=labels
+            )
+            gauge.add_metric(values, value)
+            yield gauge
+        clears = CounterMetricFamily(
+            "sam2fleet_cuda_cache_clears",
+            "torch.cuda.empty_cache() calls by the cache policy.",
+            labels=labels,
+        )
+        clears.add_metric(values, self.clearer.clears)
+        yield clears
+        released = CounterMetricFamily(
+            "sam2fleet_cuda_cache_released_bytes",
+            "Bytes the cache clears returned to the driver.",
+            labels=labels,
+        )
+        released.add_metric(values, self.clearer.bytes_released)
+        yield released
+
+
+class ObservedJobStore(JobStore):
+    """The job store, counting each job where its record changes state."""
+
+    def __init__(self, store: JobStore, worker: str, memory: DeviceMemory) -> None:
+        # Take over the configured store's state as is (client, scripts, retry policy),
+        # whatever its constructor's arguments are.
+        self.__dict__.update(store.__dict__)
+        self.worker, self.memory = worker, memory
+        self._current: tuple[str, dict[str, str]] | None = None
+
+    def start(self, job_id: str) -> dict[str, str] | None:
+        record = super().start(job_id)
+        if record is None:
+            self._not_started(job_id)
+            return None
+        self._current = (job_id, record)
+        self.memory.reset_peak()
+        model, mode = record["model"], record["mode"]
+        queued = time.time() - float(record["created_at"])
+        STAGE_SECONDS.labels(model, mode, "queue", self.worker).observe(max(0.0, queued))
+        BATCH_SIZE.labels(model, mode, self.worker).observe(_batch_size(record))
+        return record
+
+    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+        written = super().succeed(job_id, result)
+        record = self._take(job_id)
+        if record is not None:
+            model, mode = record["model"], record["mode"]
+            for stage in STAGES[1:]:  # the queue wait was observed at start
+                seconds = result.get("timings", {}).get(f"{stage}_s")
+                if seconds is not None:
+                    STAGE_SECONDS.labels(model, mode, stage, self.worker).observe(seconds)
+            if written:
+                MASKS.labels(model, mode, self.worker).inc(len(result.get("masks", [])))
+            self._finished(record, "succeeded" if written else "discarded")
+        return written
+
+    def fail(self, job_id: str, error: dict[str, str]) -> bool:
+        written = super().fail(job_id, error)
+        record = self._take(job_id)
+        if record is not None:
+            if written:
+                JOB_ERRORS.labels(
+                    record["model"], record["mode"], error.get("type", "internal"), self.worker
+                ).inc()
+            self._finished(record, "failed" if written else "discarded")
+        return written
+
+    def heartbeat(self, name: str, fields: dict[str, Any], ttl_s: float) -> None:
+        super().heartbeat(name, fields, ttl_s)
+        HEARTBEAT.labels(self.worker).set(time.time())
+
+    def task_ended(self, job_id: str, retval: object) -> None:
+        """After the task: a job still current was stopped without a terminal write."""
+        record = self._take(job_id)
+        if record is not None and retval == "cancelled":
+            self._finished(record, "cancelled")
+
+    def _not_started(self, job_id: str) -> None:
+        # Cancelled, already finished (a redelivery), expired, or failed just now by
+        # the start script because its earlier deliveries all died with their worker.
+        fields = self.redis.hmget(
+            self.keys.job(job_id), "model", "mode", "status", "error", "created_at"
+        )
+        model, mode, status, error, created = (v.decode() if v else None for v in fields)
+        model, mode = model or "unknown", mode or "unknown"
+        if status == "failed" and error and json.loads(error).get("type") == "worker_crashed":
+            JOB_ERRORS.labels(model, mode, "worker_crashed", self.worker).inc()
+            record = {"model": model, "mode": mode, "created_at": created or str(time.time())}
+            self._finished(record, "failed")
+            return
+        JOBS_FINISHED.labels(model, mode, "skipped", self.worker).inc()
+
+    def _take(self, job_id: str) -> dict[str, str] | None:
+        current, self._current = self._current, None
+        return current[1] if current is not None and current[0] == job_id else None
+
+    def _finished(self, record: dict[str, str], outcome: str) -> None:
+        model, mode = record["model"], record["mode"]
+        JOBS_FINISHED.labels(model, mode, outcome, self.worker).inc()
+        if outcome in ("succeeded", "failed"):
+            JOB_SECONDS.labels(model, mode, outcome, self.worker).observe(
+                max(0.0, time.time() - float(record["created_at"]))
+            )
+
+
+def _batch_size(record: dict[str, str]) -> int:
+    try:
+        spec = json.loads(record["spec"])
+        if record["mode"] == "auto":
+            return int((spec.get("auto") or {}).get("points_per_side", 32)) ** 2
+        return max(1, len(spec.get("prompts") or []))
+    except (KeyError, ValueError, TypeError):
+        return 1
+
+
+def observe(runtime: Runtime, warmup_s: float) -> None:
+    """Instrument a started runtime and serve /metrics on the configured port."""
+    global _installed, _store
+    worker, model = node_name(), runtime.model.stamp.name
+    memory = DeviceMemory(runtime.model.device)
+    runtime.store = _store = ObservedJobStore(runtime.store, worker, memory)
+    if _installed is not None:  # a second start in one process (tests, solo pool)
+        REGISTRY.unregister(_installed)
+    _installed = WorkerCollector(worker, memory, runtime.clearer)
+    REGISTRY.register(_installed)
+    # Known label values start at 0, so rates and error panels have series before
+    # the first event (Prometheus' advice for counters with labels).
+    for mode in MODES:
+        for outcome in OUTCOMES:
+            JOBS_FINISHED.labels(model, mode, outcome, worker)
+        for error_type in error_types():
+            JOB_ERRORS.labels(model, mode, error_type, worker)
+        MASKS.labels(model, mode, worker)
+    CACHE_HITS.labels(model, worker)
+    CACHE_MISSES.labels(model, worker)
+    MODEL_LOAD.labels(model, worker).set(runtime.model.load_seconds)
+    WARMUP.labels(model, worker).set(warmup_s)
+    WORKER_UP.labels(model, str(memory.device), worker).set(1)
+    port = runtime.settings.worker_metrics_port
+    if port:
+        try:
+            start_http_server(port, addr=runtime.settings.worker_metrics_host)
+        except OSError as exc:  # the worker still serves jobs; only its metrics are lost
+            log.error(
+                "worker metrics: cannot listen on %s:%d (%s); set "
+                "SAM2FLEET_WORKER_METRICS_PORT to a free port per worker",
+                runtime.settings.worker_metrics_host,
+                port,
+                exc,
+            )
+        else:
+            log.info(
+                "worker metrics on http://%s:%d/metrics", runtime.settings.worker_metrics_host, port
+            )
