@@ -15,10 +15,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.limits import BodyLimitMiddleware
-from api.routes import health, images, jobs, models
+from api.metrics import MetricsMiddleware
+from api.routes import compat, health, images, jobs, models
 from api.service import JobService
 from shared.errors import Sam2FleetError
 from shared.queue import make_celery
@@ -38,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=1, socket_timeout=2,
             health_check_interval=15,
+            # A pooled connection from before a Redis restart fails once on use: retry
+            # on a fresh one, briefly, so a restart costs clients nothing.
+            retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         celery = make_celery(settings)
         app.state.settings = settings
@@ -52,11 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    for router in (jobs.router, images.router, models.router, health.router):
+    for router in (jobs.router, images.router, models.router, health.router, compat.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware)  # added last: outermost, sees every answer
     app.add_exception_handler(Sam2FleetError, _fleet_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -74,14 +86,29 @@ async def _fleet_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status, exc.type, exc.message, exc.retry_after)
 
 
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own answers (unknown route, wrong method) in the project's error shape.
+    assert isinstance(exc, StarletteHTTPException)
+    response = _error(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"),
+                      str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
     return _error(422, "invalid_input", "; ".join(parts))
 
 
-async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may carry the Redis URL (with its password): name the type only.
+    log.warning("redis error on %s %s: %s", request.method, request.url.path,
+                type(exc).__name__)
     return _error(503, "unavailable", f"Redis is unavailable ({type(exc).__name__})", 2)
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
-from typing import TypeVar
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from shared.errors import BadRequest, ImageTooLarge, InvalidInput, UnsupportedMediaType
@@ -54,6 +59,31 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     return data
 
 
+@asynccontextmanager
+async def open_form(request: Request, settings: Settings, *, max_fields: int
+                    ) -> AsyncIterator[FormData]:
+    """The multipart form, its temporary files closed after; malformed parts are 400."""
+    try:
+        form = await request.form(max_files=1, max_fields=max_fields,
+                                  max_part_size=settings.max_request_bytes)
+    except (MultiPartException, HTTPException) as exc:
+        raise BadRequest(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return value
+
+
 async def job_from_request(
     request: Request, settings: Settings
 ) -> tuple[JobSpec, bytes | None, str | None]:
@@ -61,9 +91,7 @@ async def job_from_request(
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         # The context closes the spooled temporary files of the parts.
-        async with request.form(
-            max_files=1, max_fields=8, max_part_size=settings.max_request_bytes
-        ) as form:
+        async with open_form(request, settings, max_fields=8) as form:
             upload, job_field = form.get("image"), form.get("job")
             if not isinstance(upload, UploadFile):
                 raise InvalidInput("multipart requests need a file part named `image`")

@@ -7,6 +7,7 @@ never leaves a job behind that nobody will run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -17,13 +18,16 @@ import anyio
 import redis.asyncio as aredis
 from celery import Celery
 
+from api import metrics
 from shared.checkpoints import MODELS
 from shared.errors import (
     Conflict,
+    IdempotencyConflict,
     InvalidInput,
     InvalidPrompt,
     NotFound,
     NoWorkerReady,
+    QueueFull,
     Unavailable,
 )
 from shared.images import ProbedImage, probe_image, verify_decodable
@@ -54,10 +58,10 @@ class JobService:
 
     # --- images ------------------------------------------------------------------
 
-    async def store_image(self, data: bytes) -> ProbedImage:
+    async def store_image(self, data: bytes, owner: str) -> ProbedImage:
         probed = probe_image(data, max_pixels=self.settings.max_image_pixels)
         verify_decodable(data)
-        key = self.keys.image(probed.image_id)
+        key = self.keys.image(owner, probed.image_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"data": data, "width": probed.width,
                                 "height": probed.height, "format": probed.format})
@@ -65,8 +69,8 @@ class JobService:
         await pipe.execute()
         return probed
 
-    async def image_info(self, image_id: str) -> ProbedImage | None:
-        key = self.keys.image(image_id)
+    async def image_info(self, image_id: str, owner: str) -> ProbedImage | None:
+        key = self.keys.image(owner, image_id)
         fields = await self.redis.hmget(key, "width", "height", "format")
         if fields[0] is None:
             return None
@@ -76,19 +80,59 @@ class JobService:
 
     # --- jobs ----------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, image: ProbedImage) -> dict[str, Any]:
+    async def submit(self, spec: JobSpec, image: ProbedImage, owner: str,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
         model = spec.model or self.settings.model
         if model not in MODELS:
             raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
         check_prompts(spec.prompts, image, self.settings)
-        if await self.live_workers(model) == 0:
-            raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
         spec = spec.model_copy(update={"model": model})
         job_id = uuid.uuid4().hex
+        idem_key = None
+        if idempotency_key is not None:
+            idem_key, existing = await self._claim_idempotency(
+                owner, idempotency_key, f"{image.image_id}:{spec.model_dump_json()}", job_id)
+            if existing is not None:
+                return existing
+        try:
+            if await self.live_workers(model) == 0:
+                raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
+            if await self.queue_depth(model) >= self.settings.max_queued_jobs:
+                raise QueueFull(f"{model} has {self.settings.max_queued_jobs} jobs waiting; "
+                                "retry later")
+            return await self._enqueue(job_id, spec, image, owner, model)
+        except BaseException:
+            if idem_key is not None:  # nothing was accepted: the key may be used again
+                await self.redis.delete(idem_key)
+            raise
+
+    async def _claim_idempotency(self, owner: str, key: str, fingerprint_src: str,
+                                 job_id: str) -> tuple[str, dict[str, Any] | None]:
+        """Claim the key for this job, or return the job an earlier identical request made."""
+        idem_key = self.keys.idempotency(owner, hashlib.sha256(key.encode()).hexdigest())
+        fingerprint = hashlib.sha256(fingerprint_src.encode()).hexdigest()
+        claimed = await self.redis.set(idem_key, f"{fingerprint} {job_id}", nx=True,
+                                       ex=self.settings.idempotency_ttl_s)
+        if claimed:
+            return idem_key, None
+        stored = await self.redis.get(idem_key)
+        if stored is None:  # expired between the two calls: claim again
+            return await self._claim_idempotency(owner, key, fingerprint_src, job_id)
+        their_fingerprint, their_job = stored.decode().split(" ", 1)
+        if their_fingerprint != fingerprint:
+            raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+        try:
+            return idem_key, await self.get(their_job, owner)
+        except NotFound:
+            # The first request is still being accepted (or its job expired).
+            raise Conflict("a request with this Idempotency-Key is in progress; retry") from None
+
+    async def _enqueue(self, job_id: str, spec: JobSpec, image: ProbedImage, owner: str,
+                       model: str) -> dict[str, Any]:
         record = {
             "id": job_id, "status": "queued", "model": model, "mode": spec.mode,
-            "image_id": image.image_id, "created_at": time.time(), "attempts": 0,
-            "spec": spec.model_dump_json(),
+            "image_id": image.image_id, "owner": owner, "created_at": time.time(),
+            "attempts": 0, "spec": spec.model_dump_json(),
         }
         key = self.keys.job(job_id)
         pipe = self.redis.pipeline(transaction=True)
@@ -100,52 +144,56 @@ class JobService:
         except Exception as exc:
             await self.redis.delete(key)
             raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
+        metrics.job_submitted(job_id, model, spec.mode)
         return job_public_dict({k: str(v) for k, v in record.items()}, None)
 
     def _send(self, job_id: str, model: str) -> None:
         self.celery.send_task(
             SEGMENT_TASK, args=[job_id], queue=self.settings.queue_for(model),
+            task_id=job_id,  # Celery's own log lines then name the job (shared/logs.py)
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1,
                                       "interval_step": 0.2, "interval_max": 0.5},
         )
 
-    async def get(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
-        record = await self._record(job_id)
+    async def get(self, job_id: str, owner: str, wait_s: float = 0.0) -> dict[str, Any]:
+        record = await self._record(job_id, owner)
         if record["status"] not in TERMINAL and wait_s > 0:
-            record = await self._wait(job_id, min(wait_s, self.settings.max_wait_s))
+            record = await self._wait(job_id, owner, min(wait_s, self.settings.max_wait_s))
         result = None
         if record["status"] == "succeeded":
             result = await self.redis.get(self.keys.result(job_id))
         return job_public_dict(record, result)
 
-    async def _record(self, job_id: str) -> dict[str, str]:
+    async def _record(self, job_id: str, owner: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.job(job_id))
-        if not raw:
+        # Another owner's job is answered exactly like a missing one: 404.
+        if not raw or raw.get(b"owner", b"").decode() != owner:
             raise NotFound(f"no job {job_id} (unknown or expired)")
         return decode_hash(raw)
 
-    async def _wait(self, job_id: str, wait_s: float) -> dict[str, str]:
+    async def _wait(self, job_id: str, owner: str, wait_s: float) -> dict[str, str]:
         # Subscribe before re-reading, so a finish between the two is not missed.
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(self.keys.done(job_id))
-            record = await self._record(job_id)
+            record = await self._record(job_id, owner)
             deadline = time.monotonic() + wait_s
             while record["status"] not in TERMINAL:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-                record = await self._record(job_id)
+                record = await self._record(job_id, owner)
         return record
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str, owner: str) -> dict[str, Any]:
+        await self._record(job_id, owner)  # 404 for another owner's job
         state = (await self._cancel(keys=[self.keys.job(job_id), self.keys.done(job_id)],
                                     args=[time.time()])).decode()
         if state == "missing":
             raise NotFound(f"no job {job_id} (unknown or expired)")
         if state != "cancelled":
             raise Conflict(f"job {job_id} already {state}; only queued or running jobs cancel")
-        return await self.get(job_id)
+        return await self.get(job_id, owner)
 
     # --- fleet -----------------------------------------------------------------------
 

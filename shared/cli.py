@@ -40,7 +40,28 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"one of {', '.join(MODELS)}, or `all` (default SAM2FLEET_MODEL)")
     ckpt_sub.add_parser("list", help="known models, files and pinned sha256")
 
+    keys = sub.add_parser("keys", help="manage API keys (stored in Redis as sha256 digests)")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="make a key; it is printed once, never stored")
+    create.add_argument("name", help="who the key is for (shown in `keys list`)")
+    keys_sub.add_parser("list", help="names and digests of the keys in Redis")
+    revoke = keys_sub.add_parser("revoke", help="remove keys by name or digest prefix")
+    revoke.add_argument("name_or_digest")
+    hash_ = keys_sub.add_parser("hash", help="the digest of a key, for SAM2FLEET_API_KEY_HASHES")
+    hash_.add_argument("key")
+
+    from sam2fleet.cli import add_enqueue, add_overlay  # client side: no torch, no celery
+
+    add_enqueue(sub)
+    add_overlay(sub)
+
     args = parser.parse_args(argv)
+    if args.command in ("enqueue", "overlay"):
+        from sam2fleet import cli as client_cli
+
+        return getattr(client_cli, args.command)(args)
+    if args.command == "keys":
+        return _keys(args)
     if args.command == "up":
         return _up(args)
     if args.command == "worker":
@@ -113,9 +134,39 @@ def _worker(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from shared.logs import configure_logging
+
     settings = get_settings()
+    configure_logging(settings.log_format, "INFO", service="api")
+    # log_config=None: uvicorn's loggers propagate to the root handler set up above.
     uvicorn.run("api.main:app", host=args.host or settings.host, port=args.port or settings.port,
-                log_level="info", proxy_headers=False)
+                log_level="info", proxy_headers=False, log_config=None)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import redis
+
+    from shared import apikeys
+    from shared.keys import Keys
+
+    if args.action == "hash":
+        print(apikeys.digest(args.key))
+        return 0
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    keys = Keys(settings.key_prefix)
+    if args.action == "create":
+        key, digest = apikeys.create(client, keys, args.name)
+        print(f"key for {args.name} (shown once; only its sha256 is stored):\n{key}")
+        print(f"sha256: {digest}", file=sys.stderr)
+    elif args.action == "list":
+        for name, digest in apikeys.list_keys(client, keys):
+            print(f"{name:24} {digest}")
+    else:
+        removed = apikeys.revoke(client, keys, args.name_or_digest)
+        print(f"revoked {removed} key(s)")
+        return 0 if removed else 1
     return 0
 
 

@@ -9,10 +9,14 @@
     ├── InvalidInput                    422 invalid_input
     │   ├── InvalidImage                422 invalid_image
     │   └── InvalidPrompt               422 invalid_prompt
+    ├── Unauthorized                    401 unauthorized
     ├── NotFound                        404 not_found
     ├── Conflict                        409 conflict
+    │   └── IdempotencyConflict         409 idempotency_conflict
+    ├── RateLimited                     429 rate_limited  (Retry-After)
     ├── Unavailable                     503 unavailable  (Retry-After)
-    │   └── NoWorkerReady               503 no_worker_ready
+    │   ├── NoWorkerReady               503 no_worker_ready
+    │   └── QueueFull                   503 queue_full
     ├── InputTooLarge                   422 input_too_large  (a worker could not fit it)
     └── ModelUnavailable                500 model_unavailable (worker could not load weights)
 
@@ -68,6 +72,10 @@ class InvalidPrompt(InvalidInput):
     type = "invalid_prompt"
 
 
+class Unauthorized(Sam2FleetError):
+    type, status = "unauthorized", 401
+
+
 class NotFound(Sam2FleetError):
     type, status = "not_found", 404
 
@@ -76,12 +84,28 @@ class Conflict(Sam2FleetError):
     type, status = "conflict", 409
 
 
+class IdempotencyConflict(Conflict):
+    type = "idempotency_conflict"
+
+
+class RateLimited(Sam2FleetError):
+    type, status = "rate_limited", 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(Sam2FleetError):
     type, status, retry_after = "unavailable", 503, 2
 
 
 class NoWorkerReady(Unavailable):
     type, retry_after = "no_worker_ready", 5
+
+
+class QueueFull(Unavailable):
+    type, retry_after = "queue_full", 5
 
 
 class InputTooLarge(Sam2FleetError):

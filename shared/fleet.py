@@ -79,6 +79,9 @@ class Fleet:
         py = sys.executable
         for i, (device, extra) in enumerate(slots):
             name = f"worker{i}-{device}"
+            if self.settings.worker_metrics_port:  # one metrics port per worker: base + i
+                extra = {**extra, "SAM2FLEET_WORKER_METRICS_PORT":
+                         str(self.settings.worker_metrics_port + i)}
             self.children.append(Child(
                 name, [py, "-m", "shared.cli", "worker", "--name", name], {**env, **extra}
             ))

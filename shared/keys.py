@@ -1,11 +1,18 @@
 """Redis key layout. Every key starts with the configured prefix.
 
-    {p}:image:{image_id}   hash  data, width, height, format        TTL image_ttl_s
-    {p}:job:{job_id}       hash  the job record (see JOB_FIELDS)      TTL job_ttl_s
+    {p}:image:{owner}:{id} hash  data, width, height, format        TTL image_ttl_s
+    {p}:job:{job_id}       hash  the job record, incl. its owner      TTL job_ttl_s
     {p}:result:{job_id}    str   result JSON, written once            TTL job_ttl_s
     {p}:done:{job_id}      pub/sub channel announcing a terminal state
     {p}:worker:{name}      hash  heartbeat: model, device, warm, ts   TTL heartbeat_ttl_s
+    {p}:idem:{owner}:{h}   str   "{fingerprint} {job_id}"             TTL idempotency_ttl_s
+    {p}:rate:{owner}:{min} int   submits in that minute                TTL 60 s
+    {p}:apikeys            hash  sha256(key) -> key name (never the key itself)
+    {p}:fault:{image_id}   str   injected fault (test seam, fault_injection only)
     {p}.{model}            list  the model's Celery queue (kombu's layout)
+
+`owner` is a short id derived from the API key's hash ("anon" with auth off), so
+another key can neither read nor guess its way to someone else's images or jobs.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 class Keys:
     prefix: str
 
-    def image(self, image_id: str) -> str:
-        return f"{self.prefix}:image:{image_id}"
+    def image(self, owner: str, image_id: str) -> str:
+        return f"{self.prefix}:image:{owner}:{image_id}"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -38,6 +45,18 @@ class Keys:
 
     def workers_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    def idempotency(self, owner: str, key_hash: str) -> str:
+        return f"{self.prefix}:idem:{owner}:{key_hash}"
+
+    def rate(self, owner: str, minute: int) -> str:
+        return f"{self.prefix}:rate:{owner}:{minute}"
+
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    def fault(self, image_id: str) -> str:
+        return f"{self.prefix}:fault:{image_id}"
 
 
 def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:

@@ -28,12 +28,23 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # The pool process loads (and hashes) the model before it reports itself up;
+        # Celery's 4 s default would kill it mid-load, again and again, under load.
+        worker_proc_alive_timeout=600,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
         broker_transport_options={
             # Redis redelivers unacknowledged messages after this; it must exceed the
             # hard time limit or a running job would be handed to a second worker.
             "visibility_timeout": settings.visibility_timeout_s,
+            # Sweep for abandoned messages (their worker died whole) every few seconds
+            # rather than kombu's default of roughly 100 s, so recovery takes about
+            # the visibility timeout, not that plus minutes.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+            # A Redis that vanishes without closing the socket must not hang a publish.
+            "socket_timeout": 15,
+            "socket_connect_timeout": 5,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -127,10 +127,79 @@ class Settings(BaseSettings):
         description="Seconds before Redis redelivers a job whose worker vanished without "
         "acknowledging it. Must exceed task_time_limit_s.",
     )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Deliveries of one job before it is failed with `worker_crashed` "
+        "(a job that kills its worker every time must not loop forever).",
+    )
+    oom_min_points_per_batch: int = Field(
+        4,
+        ge=1,
+        description="Automatic mode halves points_per_batch after CUDA out-of-memory down to "
+        "this, then fails the job with `input_too_large`.",
+    )
+    redis_retry_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a worker keeps retrying a Redis write (a result, a status) "
+        "while Redis restarts, before giving the job up to redelivery.",
+    )
+    fault_injection: bool = Field(
+        False,
+        description="Test seam: workers read `{prefix}:fault:{image_id}` keys and inject "
+        "crashes, delays, out-of-memory or CUDA errors. Refused in production.",
+    )
+
+    # --- observability -----------------------------------------------------------
+    worker_metrics_port: int = Field(
+        9101,
+        ge=0,
+        le=65535,
+        description="Port on which a worker's pool process serves Prometheus /metrics; "
+        "0 turns it off. Each worker on one host needs its own (`sam2fleet up` gives "
+        "worker i this port + i).",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address a worker's metrics server listens on; `0.0.0.0` in containers "
+        "so Prometheus can reach it.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines of the API and worker processes: `text`, or `json` (one "
+        "JSON object per line, with `job_id` on every line about a job).",
+    )
 
     # --- api -------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, description="Port the API listens on.")
+    auth_enabled: bool = Field(
+        False,
+        description="Require an API key on /v1 routes. Off for the local one-command run; "
+        "required in production.",
+    )
+    api_key_hashes: str = Field(
+        "",
+        description="Comma-separated sha256 hex digests of accepted API keys (keys are "
+        "never stored in clear); `sam2fleet keys create` adds more in Redis.",
+    )
+    max_queued_jobs: int = Field(
+        1000,
+        ge=1,
+        description="Jobs waiting in one model's queue beyond which submits get 503 with "
+        "Retry-After.",
+    )
+    rate_limit_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Submits (jobs and uploads) per API key per minute, counted in Redis "
+        "across all API processes; 429 with Retry-After beyond it. 0: no limit.",
+    )
+    idempotency_ttl_s: int = Field(
+        86400, ge=1, description="How long an Idempotency-Key is remembered."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -143,9 +212,17 @@ class Settings(BaseSettings):
             )
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
-        if self.environment == "production" and self.random_weights:
-            raise ValueError("random_weights is refused when environment=production")
+        if self.environment == "production":
+            if self.random_weights:
+                raise ValueError("random_weights is refused when environment=production")
+            if self.fault_injection:
+                raise ValueError("fault_injection is refused when environment=production")
+            if not self.auth_enabled:
+                raise ValueError("auth_enabled must be on when environment=production")
         return self
+
+    def accepted_key_hashes(self) -> set[str]:
+        return {h.strip().lower() for h in self.api_key_hashes.split(",") if h.strip()}
 
     def queue_for(self, model: str) -> str:
         return f"{self.key_prefix}.{model}"

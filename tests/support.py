@@ -136,6 +136,8 @@ def fleet_env(redis_url: str, checkpoint: Path, prefix: str, image_size: int | N
         "SAM2FLEET_DEVICE": "cpu",
         "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",
         "SAM2FLEET_HEARTBEAT_TTL_S": "5",
+        # Off unless a test asks: parallel test fleets must not fight over a port.
+        "SAM2FLEET_WORKER_METRICS_PORT": "0",
         "PYTHONPATH": str(ROOT),
         **extra,
     })

@@ -12,11 +12,20 @@ import logging
 import os
 import sys
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import (
+    task_failure,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from shared.queue import make_celery
 from shared.settings import get_settings
-from worker import runtime
+from worker import (
+    observability,  # noqa: F401  signal hooks: node name, logs, job id
+    runtime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +58,26 @@ def _load_model(**_: object) -> None:
 @worker_process_shutdown.connect
 def _unregister(**_: object) -> None:
     runtime.stop()
+
+
+@task_failure.connect
+def _hard_time_limit(sender: object = None, exception: BaseException | None = None,
+                     args: tuple | list | None = None, **_: object) -> None:
+    # A job past its hard limit is killed with its pool process, so it cannot write
+    # its own failure; Celery reports it here, in the supervising process.
+    if not isinstance(exception, TimeLimitExceeded) or not args:
+        return
+    import redis
+
+    from shared.keys import Keys
+    from worker.store import JobStore
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        JobStore(client, Keys(settings.key_prefix), retry_s=settings.redis_retry_s).fail(
+            str(args[0]),
+            {"type": "timeout", "message": "the job ran past its hard time limit; its worker "
+             "process was replaced"})
+    finally:
+        client.close()

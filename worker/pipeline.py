@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,12 @@ from shared.schemas import JobResult, JobSpec
 from worker.masks import auto_records, prompt_records
 from worker.model import SegmentationModel
 
+Checkpoint = Callable[[str], None]
+
+
+def _no_checkpoint(stage: str) -> None:
+    return None
+
 
 def run_job(
     model: SegmentationModel,
@@ -20,17 +27,23 @@ def run_job(
     *,
     max_pixels: int,
     queue_s: float = 0.0,
+    checkpoint: Checkpoint = _no_checkpoint,
 ) -> dict[str, Any]:
+    """`checkpoint(stage)` is called at each safe point between stages; it may raise
+    to stop the job there (cancellation) or inject a fault (tests)."""
     timings = {"queue_s": queue_s, "decode_s": 0.0, "embed_s": 0.0,
                "predict_s": 0.0, "encode_s": 0.0}
     started = time.perf_counter()
     image = decode_rgb(image_bytes, max_pixels=max_pixels)
     timings["decode_s"] = _since(started)
+    checkpoint("decoded")
 
     if spec.mode == "prompt":
         mark = time.perf_counter()
+        checkpoint("embed")
         model.embed(image)
         timings["embed_s"] = _since(mark)
+        checkpoint("embedded")
         mark = time.perf_counter()
         objects = model.predict(spec.prompts, spec.multimask)
         timings["predict_s"] = _since(mark)
@@ -38,7 +51,7 @@ def run_job(
         masks = prompt_records(objects, spec.output.format, spec.output.min_score)
         notes = model.notes(None)
     else:
-        anns, embed_s, generate_s = _generate_timed(model, image, spec)
+        anns, embed_s, generate_s = _generate_timed(model, image, spec, checkpoint)
         timings["embed_s"], timings["predict_s"] = embed_s, generate_s - embed_s
         mark = time.perf_counter()
         masks = auto_records(anns, spec.output.format, spec.output.min_score)
@@ -59,15 +72,17 @@ def run_job(
 
 
 def _generate_timed(
-    model: SegmentationModel, image: np.ndarray, spec: JobSpec
+    model: SegmentationModel, image: np.ndarray, spec: JobSpec, checkpoint: Checkpoint
 ) -> tuple[list[dict[str, Any]], float, float]:
-    """Run the automatic generator, timing the encoder calls it makes (one per crop)."""
+    """Run the automatic generator, timing the encoder calls it makes (one per crop);
+    the start of each crop is a safe point."""
     generator = model.automatic_generator(spec.auto)
     embed_total = 0.0
     set_image = generator.predictor.set_image
 
     def timed_set_image(img: np.ndarray) -> None:
         nonlocal embed_total
+        checkpoint("embed")
         mark = time.perf_counter()
         set_image(img)
         embed_total += time.perf_counter() - mark

@@ -18,6 +18,7 @@ import torch
 from shared.keys import Keys
 from shared.settings import Settings
 from worker.gpu import CacheClearer
+from worker.metrics import observe
 from worker.model import SegmentationModel
 from worker.store import JobStore
 
@@ -74,7 +75,8 @@ def start(settings: Settings) -> Runtime:
     runtime = Runtime(
         settings=settings,
         model=model,
-        store=JobStore(client, Keys(settings.key_prefix)),
+        store=JobStore(client, Keys(settings.key_prefix), max_attempts=settings.max_attempts,
+                       retry_s=settings.redis_retry_s),
         clearer=CacheClearer(
             settings.cuda_empty_cache, settings.cuda_empty_cache_threshold_bytes, model.device
         ),
@@ -83,6 +85,7 @@ def start(settings: Settings) -> Runtime:
     )
     seconds = model.warmup()
     runtime.warm = True
+    observe(runtime, seconds)  # metrics: wraps runtime.store, serves /metrics
     log.info("warm-up inference took %.2fs; worker %s ready", seconds, runtime.name)
     threading.Thread(target=_heartbeat_loop, args=(runtime,), daemon=True,
                      name="sam2fleet-heartbeat").start()

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from api.deps import ServiceDep
+from api.metrics import refresh_fleet_gauges
 
 router = APIRouter(tags=["health"])
 
@@ -42,5 +43,6 @@ async def readyz(service: ServiceDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
+async def metrics(service: ServiceDep) -> Response:
+    await refresh_fleet_gauges(service)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -6,8 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from api.auth import Owner, check_rate
 from api.deps import ServiceDep, SettingsDep
-from api.payload import decode_base64_image, read_upload
+from api.payload import decode_base64_image, open_form, parse_json_object, read_upload
 from shared.errors import InvalidInput
 from shared.schemas import ImageInfo
 
@@ -32,23 +33,24 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 @router.post("", status_code=201, response_model=ImageInfo, openapi_extra=_UPLOAD_BODY)
-async def upload_image(request: Request, service: ServiceDep, settings: SettingsDep) -> Any:
+async def upload_image(request: Request, service: ServiceDep, settings: SettingsDep,
+                       owner: Owner) -> Any:
     """Multipart `image` part, JSON `{"image": base64}`, or the raw file as the body."""
+    await check_rate(request, owner)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        async with request.form(max_files=1, max_fields=1,
-                                max_part_size=settings.max_request_bytes) as form:
+        async with open_form(request, settings, max_fields=1) as form:
             upload = form.get("image")
             if isinstance(upload, str) or upload is None:
                 raise InvalidInput("multipart uploads need a file part named `image`")
             data = await read_upload(upload, settings)
     elif content_type.startswith("application/json"):
-        body = await request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+        body = parse_json_object(await request.body())
+        if not isinstance(body.get("image"), str):
             raise InvalidInput('JSON uploads look like {"image": "<base64>"}')
         data = decode_base64_image(body["image"], settings)
     else:
         data = await request.body()
-    probed = await service.store_image(data)
+    probed = await service.store_image(data, owner)
     return ImageInfo(image_id=probed.image_id, width=probed.width, height=probed.height,
                      format=probed.format)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 
+from api.auth import Owner, check_rate
 from api.deps import ServiceDep, SettingsDep
 from api.payload import job_from_request
 from shared.errors import InvalidInput
@@ -34,32 +35,44 @@ _SUBMIT_BODY: dict[str, Any] = {
 
 @router.post("", status_code=202, response_model=JobPublic, response_model_exclude_none=True,
              openapi_extra=_SUBMIT_BODY)
-async def submit_job(request: Request, service: ServiceDep, settings: SettingsDep) -> Any:
+async def submit_job(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    owner: Owner,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=255,
+        description="Same key and body again: the same job, run once. Another body: 409.",
+    )] = None,
+) -> Any:
     """Validate fully, store the image once, queue the job; answer 202 with its id."""
+    await check_rate(request, owner)
     spec, image_bytes, image_id = await job_from_request(request, settings)
     if image_bytes is not None:
-        image = await service.store_image(image_bytes)
+        image = await service.store_image(image_bytes, owner)
     else:
         assert image_id is not None
-        found = await service.image_info(image_id)
+        found = await service.image_info(image_id, owner)
         if found is None:
             raise InvalidInput(f"image_id {image_id} is unknown or expired; upload it again")
         image = found
-    return await service.submit(spec, image)
+    return await service.submit(spec, image, owner, idempotency_key)
 
 
 @router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
 async def get_job(
     job_id: str,
     service: ServiceDep,
+    owner: Owner,
     wait: float = Query(0.0, ge=0.0, le=600.0,
                         description="Long-poll: seconds to wait for a terminal state."),
 ) -> Any:
-    return await service.get(job_id, wait)
+    return await service.get(job_id, owner, wait)
 
 
 @router.delete("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
-async def cancel_job(job_id: str, service: ServiceDep) -> Any:
-    """Cancel a queued or running job; its result, if computed, is discarded."""
-    return await service.cancel(job_id)
+async def cancel_job(job_id: str, service: ServiceDep, owner: Owner) -> Any:
+    """Cancel a queued job (it never runs) or a running one (it stops at the next
+    safe point between stages); 409 once the job has ended."""
+    return await service.cancel(job_id, owner)
 

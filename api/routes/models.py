@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from api.auth import Owner
 from api.deps import ServiceDep, SettingsDep
 from shared.checkpoints import MODELS
 from shared.schemas import ModelPublic
@@ -12,7 +13,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=list[ModelPublic])
-async def list_models(service: ServiceDep, settings: SettingsDep) -> list[ModelPublic]:
+async def list_models(service: ServiceDep, settings: SettingsDep, _: Owner
+                      ) -> list[ModelPublic]:
     workers = await service.workers()
     return [
         ModelPublic(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -24,8 +25,9 @@ def settings(redis_server: RedisServer, prefix: str) -> Settings:
                     max_points=5)
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[httpx.Client]:
+@contextmanager
+def serve(settings: Settings) -> Iterator[httpx.Client]:
+    """The app in a real uvicorn on a free port, in a thread; a client for it."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
@@ -39,6 +41,12 @@ def client(settings: Settings) -> Iterator[httpx.Client]:
         yield c
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[httpx.Client]:
+    with serve(settings) as c:
+        yield c
 
 
 @pytest.fixture

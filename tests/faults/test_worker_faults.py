@@ -1,0 +1,177 @@
+"""Killed, crashed, stopped, slow and out-of-memory workers: no job lost, none run twice."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import psutil
+from kombu import Connection
+
+from shared.queue import SEGMENT_TASK
+from tests.faults.conftest import FaultFleet, kill
+from tests.system.client import run, submit, wait
+
+
+def _result_count(f: FaultFleet, job_id: str) -> int:
+    return int(f.redis.exists(f"{f.prefix}:result:{job_id}"))
+
+
+def test_sigkill_of_the_model_process_requeues_the_job_at_once(faulty: FaultFleet) -> None:
+    pid = faulty.model_pid()
+    job = submit(faulty.base_url, faulty.job_body("sleep:2"))
+    faulty.wait_status(job["id"], "running")
+    killed_at = time.monotonic()
+    kill(pid)
+    done = wait(faulty.base_url, job["id"], timeout=60)
+    assert done["status"] == "succeeded", done
+    assert time.monotonic() - killed_at < 60
+    assert done["attempts"] == 2  # one delivery died, the requeued one finished
+    assert _result_count(faulty, job["id"]) == 1
+    faulty.wait_ready()
+    assert faulty.model_pid() != pid  # the pool replaced the dead process
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(
+    faulty: FaultFleet
+) -> None:
+    job = submit(faulty.base_url, faulty.job_body("crash"))
+    done = wait(faulty.base_url, job["id"], timeout=90)
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "worker_crashed"
+    assert done["attempts"] == 3
+    faulty.wait_ready()
+    assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"
+
+
+def test_sigterm_mid_job_lets_the_job_finish(faulty: FaultFleet) -> None:
+    job = submit(faulty.base_url, faulty.job_body("sleep:2"))
+    faulty.wait_status(job["id"], "running")
+    supervisor = faulty.procs["w0"]
+    supervisor.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+    done = wait(faulty.base_url, job["id"], timeout=60)
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert supervisor.wait(timeout=30) == 0
+    faulty.restart_worker()
+
+
+def test_sigkill_of_the_whole_worker_redelivers_after_the_visibility_timeout(
+    faulty: FaultFleet
+) -> None:
+    job = submit(faulty.base_url, faulty.job_body("sleep:2"))
+    faulty.wait_status(job["id"], "running")
+    supervisor = psutil.Process(faulty.procs["w0"].pid)
+    victims = [supervisor, *supervisor.children(recursive=True)]
+    for p in victims:
+        p.kill()
+    psutil.wait_procs(victims, timeout=10)
+    killed_at = time.monotonic()
+    faulty.restart_worker()
+    done = wait(faulty.base_url, job["id"], timeout=60)
+    assert done["status"] == "succeeded", done
+    # Redelivered by Redis once the visibility timeout (20 s here) passed.
+    assert time.monotonic() - killed_at < 20 + 30
+    assert done["attempts"] == 2 and _result_count(faulty, job["id"]) == 1
+
+
+def test_soft_time_limit_fails_with_timeout_and_the_next_job_is_served(
+    faulty: FaultFleet
+) -> None:
+    job = submit(faulty.base_url, faulty.job_body("sleep:11"))  # soft limit is 10 s
+    done = wait(faulty.base_url, job["id"], timeout=60)
+    assert done["status"] == "failed" and done["error"]["type"] == "timeout"
+    assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"
+
+
+def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
+    faulty: FaultFleet
+) -> None:
+    pid = faulty.model_pid()
+    job = submit(faulty.base_url, faulty.job_body("stuck:30"))  # ignores the soft limit
+    done = wait(faulty.base_url, job["id"], timeout=90)
+    assert done["status"] == "failed" and done["error"]["type"] == "timeout"
+    assert "hard time limit" in done["error"]["message"]
+    assert done["finished_at"] - done["started_at"] < 25  # the 14 s hard limit, not 30 s
+    faulty.wait_ready()
+    assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"
+    assert faulty.model_pid() != pid
+
+
+def test_out_of_memory_is_retried_with_less_work(faulty: FaultFleet) -> None:
+    knobs = {"points_per_side": 4, "points_per_batch": 64, "pred_iou_thresh": 0.0,
+             "stability_score_thresh": 0.0}
+    image, image_id = faulty.image("oom_above:16")
+    retried = run(faulty.base_url, {"image": image, "mode": "auto", "auto": knobs})
+    notes = [n for n in retried["result"]["notes"] if "out of memory" in n]
+    assert notes[-1].endswith("points_per_batch=16") and len(notes) == 2  # 64 -> 32 -> 16
+    # Less work in flight, same masks as a run that never ran out of memory.
+    faulty.redis.delete(f"{faulty.prefix}:fault:{image_id}")
+    clean = run(faulty.base_url, {"image": image, "mode": "auto", "auto": knobs})
+    assert clean["result"]["masks"]
+    assert [m["segmentation"] for m in retried["result"]["masks"]] == \
+        [m["segmentation"] for m in clean["result"]["masks"]]
+
+
+def test_out_of_memory_every_time_fails_as_input_too_large(faulty: FaultFleet) -> None:
+    pid = faulty.model_pid()
+    job = wait(faulty.base_url, submit(faulty.base_url, faulty.job_body("oom"))["id"])
+    assert job["status"] == "failed" and job["error"]["type"] == "input_too_large"
+    assert faulty.model_pid() == pid  # out of memory is survivable: same process
+    assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"
+
+
+def test_a_cuda_error_replaces_the_process_and_the_job_is_redone(faulty: FaultFleet) -> None:
+    pid = faulty.model_pid()
+    done = wait(faulty.base_url,
+                submit(faulty.base_url, faulty.job_body("cuda_error_once"))["id"], timeout=90)
+    assert done["status"] == "succeeded" and done["attempts"] == 2
+    faulty.wait_ready()
+    assert faulty.model_pid() != pid
+
+
+def test_cancel_queued_job_never_runs_and_running_job_stops(faulty: FaultFleet) -> None:
+    running = submit(faulty.base_url, faulty.job_body("sleep:2"))
+    queued = submit(faulty.base_url, faulty.job_body())
+    faulty.wait_status(running["id"], "running")
+    r = httpx.delete(f"{faulty.base_url}/v1/jobs/{queued['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    r = httpx.delete(f"{faulty.base_url}/v1/jobs/{running['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    after = run(faulty.base_url, faulty.job_body())  # served once both are out of the way
+    assert after["status"] == "succeeded"
+    stopped = httpx.get(f"{faulty.base_url}/v1/jobs/{running['id']}").json()
+    never = httpx.get(f"{faulty.base_url}/v1/jobs/{queued['id']}").json()
+    assert stopped["status"] == "cancelled" and "result" not in stopped
+    assert _result_count(faulty, running["id"]) == 0
+    assert never["status"] == "cancelled" and never["attempts"] == 0
+    assert never.get("started_at") is None
+
+
+def test_queue_cap_answers_503_with_retry_after(faulty: FaultFleet) -> None:
+    blocker = submit(faulty.base_url, faulty.job_body("sleep:3"))
+    faulty.wait_status(blocker["id"], "running")
+    answers = [httpx.post(f"{faulty.base_url}/v1/jobs", json=faulty.job_body(), timeout=10)
+               for _ in range(5)]
+    codes = [a.status_code for a in answers]
+    assert codes[:3] == [202, 202, 202] and codes[3:] == [503, 503], codes
+    assert answers[3].json()["error"]["type"] == "queue_full"
+    assert int(answers[3].headers["retry-after"]) > 0
+    for a in [blocker, *[a.json() for a in answers[:3]]]:
+        assert wait(faulty.base_url, a["id"], timeout=90)["status"] == "succeeded"
+
+
+def test_a_pickled_message_is_refused_never_executed(faulty: FaultFleet) -> None:
+    job = submit(faulty.base_url, faulty.job_body("sleep:1"))
+    wait(faulty.base_url, job["id"])
+    # A crafted pickle message naming the task: a worker that executed it would
+    # restart the (finished) job or worse; it must be dropped unread.
+    with Connection(faulty.env["SAM2FLEET_REDIS_URL"]) as conn:
+        producer = conn.Producer(serializer="pickle")
+        producer.publish({"task": SEGMENT_TASK}, routing_key=f"{faulty.prefix}.sam2.1_hiera_tiny",
+                         headers={"task": SEGMENT_TASK, "id": "evil", "argsrepr": ""},
+                         serializer="pickle", declare=[])
+    time.sleep(2)
+    assert "untrusted content" in faulty.log("w0").lower() or \
+        "refusing to deserialize" in faulty.log("w0").lower()
+    assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"

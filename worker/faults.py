@@ -1,0 +1,53 @@
+"""Test seam: faults injected at the model, keyed by image id in Redis.
+
+Active only with `SAM2FLEET_FAULT_INJECTION=1` (refused in production). A test
+writes `{prefix}:fault:{image_id}` before submitting an image; every job on that
+image then meets the fault when it reaches the model:
+
+    sleep:S        hold the job S seconds (to kill, stop or cancel it mid-run)
+    stuck:S        hold it S seconds ignoring the soft time limit (as a long native
+                   call would), so only the hard limit ends it
+    crash          SIGKILL the process running the model
+    oom            raise CUDA out-of-memory on every attempt
+    oom_above:N    raise out-of-memory while automatic points_per_batch > N
+    cuda_error     raise a CUDA error (not out-of-memory) on every attempt
+    cuda_error_once  the same, once: the key is deleted first
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared.schemas import JobSpec
+from worker.store import JobStore
+
+
+def inject(store: JobStore, image_id: str, spec: JobSpec) -> None:
+    fault = store.fault(image_id)
+    if not fault:
+        return
+    kind, _, arg = fault.partition(":")
+    if kind == "sleep":
+        time.sleep(float(arg))
+    elif kind == "stuck":
+        until = time.monotonic() + float(arg)
+        while time.monotonic() < until:
+            try:
+                time.sleep(until - time.monotonic())
+            except SoftTimeLimitExceeded:
+                pass
+    elif kind == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "oom" or (kind == "oom_above" and spec.mode == "auto"
+                           and spec.auto.points_per_batch > int(arg)):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    elif kind in ("cuda_error", "cuda_error_once"):
+        if kind == "cuda_error_once":
+            store.redis.delete(store.keys.fault(image_id))
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered "
+                                     "(injected)")
