@@ -140,16 +140,32 @@ class JobService:
         pipe.expire(key, self.settings.job_ttl_s)
         await pipe.execute()
         try:
-            await anyio.to_thread.run_sync(partial(self._send, job_id, model))
+            queue = await self._route(spec, owner, image.image_id, model)
+            await anyio.to_thread.run_sync(partial(self._send, job_id, queue))
         except Exception as exc:
             await self.redis.delete(key)
             raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
         metrics.job_submitted(job_id, model, spec.mode)
         return job_public_dict({k: str(v) for k, v in record.items()}, None)
 
-    def _send(self, job_id: str, model: str) -> None:
+    async def _route(self, spec: JobSpec, owner: str, image_id: str, model: str) -> str:
+        """The worker holding this image's embedding if it is alive and not backed up
+        (image affinity), else the model's shared queue."""
+        shared = self.settings.queue_for(model)
+        if spec.mode != "prompt" or self.settings.affinity_ttl_s <= 0:
+            return shared
+        held_by = await self.redis.get(self.keys.affinity(model, owner, image_id))
+        if held_by is None:
+            return shared
+        queue = held_by.decode()
+        live = {w.get("queue") for w in await self.workers() if w.get("warm") == "1"}
+        if queue in live and await self.redis.llen(queue) < self.settings.affinity_max_backlog:
+            return queue
+        return shared
+
+    def _send(self, job_id: str, queue: str) -> None:
         self.celery.send_task(
-            SEGMENT_TASK, args=[job_id], queue=self.settings.queue_for(model),
+            SEGMENT_TASK, args=[job_id], queue=queue,
             task_id=job_id,  # Celery's own log lines then name the job (shared/logs.py)
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1,
                                       "interval_step": 0.2, "interval_max": 0.5},

@@ -19,34 +19,15 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import ROOT, direct_predictor, local_fleet
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from shared.checkpoints import MODELS  # noqa: E402
-from tests.support import Fleet, RedisServer, encode, fleet_env, scene  # noqa: E402
-from tests.system.client import b64, submit, wait  # noqa: E402
-from worker.weights import write_random_checkpoint  # noqa: E402
-
-
-def direct_predictor(checkpoint: Path, image_size: int | None):  # type: ignore[no-untyped-def]
-    from sam2.build_sam import build_sam2
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    from worker.model import feature_sizes
-
-    overrides = [] if image_size is None else [f"++model.image_size={image_size}"]
-    model = build_sam2(MODELS["sam2.1_hiera_tiny"].config, str(checkpoint), device="cpu",
-                       hydra_overrides_extra=overrides)
-    predictor = SAM2ImagePredictor(model)
-    predictor._bb_feat_sizes = feature_sizes(model.image_size)
-    return predictor
+from tests.support import encode, scene
+from tests.system.client import b64, submit, wait
 
 
 def main() -> int:
@@ -58,15 +39,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="sam2fleet-bench-"))
-    checkpoint = write_random_checkpoint(MODELS["sam2.1_hiera_tiny"], work / "tiny.pt", 0)
-    redis = RedisServer.start(work / "redis")
-    (work / "logs").mkdir()
-    fleet = Fleet(fleet_env(redis.url, checkpoint, "bench", args.image_size), work / "logs")
-    fleet.start_worker("w0")
-    fleet.start_api()
-    try:
-        fleet.wait_ready(timeout=300)
+    # The embedding cache is off: each round is a fresh image anyway, and the point
+    # is the cost of the path, not of reuse.
+    with local_fleet("overhead", args.image_size, SAM2FLEET_EMBEDDING_CACHE_BYTES="0") as (
+        fleet, checkpoint, _,
+    ):
         predictor = direct_predictor(checkpoint, args.image_size)
         point = [args.width // 2, args.height // 2]
         body = {"prompts": [{"points": [point], "labels": [1]}], "multimask": True}
@@ -104,9 +81,6 @@ def main() -> int:
             stages.append(s)
             print(f"round {i + 1}/{args.rounds}: direct {direct[-1] * 1000:.0f} ms, "
                   f"fleet {through[-1] * 1000:.0f} ms", flush=True)
-    finally:
-        fleet.stop()
-        redis.stop()
 
     med_d, med_f = statistics.median(direct), statistics.median(through)
     result = {

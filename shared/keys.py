@@ -8,8 +8,12 @@
     {p}:idem:{owner}:{h}   str   "{fingerprint} {job_id}"             TTL idempotency_ttl_s
     {p}:rate:{owner}:{min} int   submits in that minute                TTL 60 s
     {p}:apikeys            hash  sha256(key) -> key name (never the key itself)
+    {p}:affinity:{model}:{owner}:{image_id}
+                           str   the private queue of the worker holding that
+                                 image's embedding                     TTL affinity_ttl_s
     {p}:fault:{image_id}   str   injected fault (test seam, fault_injection only)
-    {p}.{model}            list  the model's Celery queue (kombu's layout)
+    {p}.{model}            list  the model's shared Celery queue (kombu's layout)
+    {p}.{model}.w.{worker} list  one worker's private queue (image affinity)
 
 `owner` is a short id derived from the API key's hash ("anon" with auth off), so
 another key can neither read nor guess its way to someone else's images or jobs.
@@ -54,6 +58,9 @@ class Keys:
 
     def api_keys(self) -> str:
         return f"{self.prefix}:apikeys"
+
+    def affinity(self, model: str, owner: str, image_id: str) -> str:
+        return f"{self.prefix}:affinity:{model}:{owner}:{image_id}"
 
     def fault(self, image_id: str) -> str:
         return f"{self.prefix}:fault:{image_id}"

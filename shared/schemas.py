@@ -162,6 +162,10 @@ class Timings(BaseModel):
     embed_s: float = 0.0
     predict_s: float = 0.0
     encode_s: float = 0.0
+    embedding_cache_hit: bool | None = Field(
+        None, description="Prompt mode: the image's embedding came from the worker's cache "
+        "(no fetch, decode or encoder run)."
+    )
 
 
 class JobResult(BaseModel):

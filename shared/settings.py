@@ -79,8 +79,32 @@ class Settings(BaseSettings):
         ge=0,
         description="Idle reserved bytes above which the `threshold` policy clears the cache.",
     )
+    embedding_cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Bytes of recent image embeddings a worker keeps (LRU) so more prompts "
+        "on the same image skip the encoder; 0 turns the cache off.",
+    )
+    affinity_ttl_s: int = Field(
+        600,
+        ge=0,
+        description="How long the gateway routes prompt jobs on an image to the worker that "
+        "embedded it last; 0 turns image affinity off.",
+    )
+    affinity_max_backlog: int = Field(
+        2,
+        ge=1,
+        description="Jobs already waiting for that worker beyond which the job goes to the "
+        "shared queue instead (a busy worker's cache is not worth the wait).",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="Torch CPU threads of a worker; unset: torch's default."
+    )
+    fast_auto: bool = Field(
+        True,
+        description="Automatic mode uses worker/fast_amg.py (same masks as Meta's "
+        "generator, shared decoder work, full resolution only for survivors); "
+        "`false`: Meta's SAM2AutomaticMaskGenerator.",
     )
 
     # --- limits --------------------------------------------------------------
@@ -226,6 +250,11 @@ class Settings(BaseSettings):
 
     def queue_for(self, model: str) -> str:
         return f"{self.key_prefix}.{model}"
+
+    def private_queue(self, node: str, supervisor_pid: int) -> str:
+        """A worker's own queue, for jobs on images whose embedding it holds. Named per
+        supervisor process: a restarted worker has an empty cache and a new queue."""
+        return f"{self.queue_for(self.model)}.w.{node}-{supervisor_pid}"
 
 
 @lru_cache

@@ -14,6 +14,7 @@ import sys
 
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import (
+    celeryd_after_setup,
     task_failure,
     worker_init,
     worker_process_init,
@@ -48,6 +49,15 @@ def _check_weights(**_: object) -> None:
         log.error("%s", exc.message)
         sys.stderr.flush()
         os._exit(2)
+
+
+@celeryd_after_setup.connect
+def _consume_private_queue(sender: str, instance: object, **_: object) -> None:
+    # Besides the model's shared queue, each worker takes jobs routed to it alone
+    # because it holds their image's embedding (image affinity).
+    settings = get_settings()
+    instance.app.amqp.queues.select_add(  # type: ignore[attr-defined]
+        settings.private_queue(sender, os.getpid()))
 
 
 @worker_process_init.connect

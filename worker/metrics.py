@@ -71,12 +71,12 @@ BATCH_SIZE = Histogram(
 )
 CACHE_HITS = Counter(
     "sam2fleet_embedding_cache_hits_total",
-    "Image embeddings reused from a cache (no cache yet: stays 0).",
+    "Prompt jobs answered from a cached image embedding (no encoder run).",
     ["model", "worker"],
 )
 CACHE_MISSES = Counter(
     "sam2fleet_embedding_cache_misses_total",
-    "Image embeddings looked up and not found (no cache yet: stays 0).",
+    "Prompt jobs whose image embedding was not cached (encoder run).",
     ["model", "worker"],
 )
 WORKER_UP = Gauge(
@@ -228,6 +228,9 @@ class ObservedJobStore(JobStore):
                     STAGE_SECONDS.labels(model, mode, stage, self.worker).observe(seconds)
             if written:
                 MASKS.labels(model, mode, self.worker).inc(len(result.get("masks", [])))
+                hit = result.get("timings", {}).get("embedding_cache_hit")
+                if hit is not None:
+                    (CACHE_HITS if hit else CACHE_MISSES).labels(model, self.worker).inc()
             self._finished(record, "succeeded" if written else "discarded")
         return written
 

@@ -18,6 +18,7 @@ import torch
 from shared.checkpoints import sha256_file
 from shared.schemas import AutoParams, ModelStamp, Prompt
 from shared.settings import Settings
+from worker.embed_cache import EmbeddingCache
 from worker.weights import ResolvedWeights, hydra_overrides, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class SegmentationModel:
 
         self.weights = weights or resolve_weights(settings)
         self.device = resolve_device(settings.device)
+        self.fast_auto = settings.fast_auto
         started = time.perf_counter()
         self.checkpoint_sha256 = sha256_file(self.weights.path)
         self.model = build_sam2(
@@ -70,6 +72,7 @@ class SegmentationModel:
             hydra_overrides_extra=hydra_overrides(settings.model_image_size),
         )
         self.image_size: int = self.model.image_size
+        self.cache = EmbeddingCache(settings.embedding_cache_bytes)
         self.predictor = SAM2ImagePredictor(self.model)
         self.predictor._bb_feat_sizes = feature_sizes(self.image_size)
         self.load_seconds = time.perf_counter() - started
@@ -85,8 +88,22 @@ class SegmentationModel:
         )
 
     @torch.inference_mode()
-    def embed(self, image: np.ndarray) -> None:
+    def embed(self, image: np.ndarray, cache_key: tuple[str, ...] | None = None) -> None:
         self.predictor.set_image(image)
+        if cache_key is not None:
+            self.cache.put(cache_key, self.predictor._features, self.predictor._orig_hw)
+
+    def restore(self, cache_key: tuple[str, ...]) -> tuple[int, int] | None:
+        """Set a cached embedding as the current one; its (height, width), or None."""
+        item = self.cache.get(cache_key)
+        if item is None:
+            return None
+        self.predictor.reset_predictor()
+        self.predictor._features = item.features
+        self.predictor._orig_hw = list(item.orig_hw)
+        self.predictor._is_image_set = True
+        height, width = item.orig_hw[0]
+        return int(height), int(width)
 
     @torch.inference_mode()
     def predict(self, prompts: list[Prompt], multimask: bool) -> list[ObjectMasks]:
@@ -128,9 +145,14 @@ class SegmentationModel:
         return generator.generate(image)
 
     def automatic_generator(self, params: AutoParams) -> Any:
+        """worker/fast_amg.py's generator (same records as Meta's, less work) with
+        SAM2FLEET_FAST_AUTO, else Meta's `SAM2AutomaticMaskGenerator`."""
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-        generator = SAM2AutomaticMaskGenerator(
+        from worker.fast_amg import FastAutomaticMaskGenerator
+
+        cls = FastAutomaticMaskGenerator if self.fast_auto else SAM2AutomaticMaskGenerator
+        generator = cls(
             self.model,
             output_mode="coco_rle",
             **params.model_dump(),

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.images import decode_rgb, image_id_for
+from shared.images import decode_rgb
 from shared.schemas import JobResult, JobSpec
 from worker.masks import auto_records, prompt_records
 from worker.model import SegmentationModel
@@ -23,26 +23,37 @@ def _no_checkpoint(stage: str) -> None:
 def run_job(
     model: SegmentationModel,
     spec: JobSpec,
-    image_bytes: bytes,
+    image_id: str,
+    load_image: Callable[[], bytes],
     *,
     max_pixels: int,
     queue_s: float = 0.0,
     checkpoint: Checkpoint = _no_checkpoint,
+    cache_key: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """`checkpoint(stage)` is called at each safe point between stages; it may raise
-    to stop the job there (cancellation) or inject a fault (tests)."""
-    timings = {"queue_s": queue_s, "decode_s": 0.0, "embed_s": 0.0,
-               "predict_s": 0.0, "encode_s": 0.0}
-    started = time.perf_counter()
-    image = decode_rgb(image_bytes, max_pixels=max_pixels)
-    timings["decode_s"] = _since(started)
-    checkpoint("decoded")
+    to stop the job there (cancellation) or inject a fault (tests). With a
+    `cache_key`, a prompt job on an image whose embedding the model still holds
+    skips fetching, decoding and encoding the image altogether."""
+    timings: dict[str, Any] = {"queue_s": queue_s, "decode_s": 0.0, "embed_s": 0.0,
+                               "predict_s": 0.0, "encode_s": 0.0}
+    size = None
+    if spec.mode == "prompt" and cache_key is not None:
+        size = model.restore(cache_key)
+        timings["embedding_cache_hit"] = size is not None
+    if size is None:
+        started = time.perf_counter()
+        image = decode_rgb(load_image(), max_pixels=max_pixels)
+        timings["decode_s"] = _since(started)
+        size = image.shape[0], image.shape[1]
+        checkpoint("decoded")
 
     if spec.mode == "prompt":
-        mark = time.perf_counter()
-        checkpoint("embed")
-        model.embed(image)
-        timings["embed_s"] = _since(mark)
+        if not timings.get("embedding_cache_hit"):
+            mark = time.perf_counter()
+            checkpoint("embed")
+            model.embed(image, cache_key)
+            timings["embed_s"] = _since(mark)
         checkpoint("embedded")
         mark = time.perf_counter()
         objects = model.predict(spec.prompts, spec.multimask)
@@ -58,10 +69,10 @@ def run_job(
         notes = model.notes(spec.auto)
     timings["encode_s"] = _since(mark)
 
-    height, width = image.shape[:2]
+    height, width = size
     result = JobResult.model_validate(
         {
-            "image": {"image_id": image_id_for(image_bytes), "width": width, "height": height},
+            "image": {"image_id": image_id, "width": width, "height": height},
             "model": model.stamp.model_dump(),
             "masks": masks,
             "timings": timings,

@@ -20,6 +20,7 @@ from shared.settings import Settings
 from worker.gpu import CacheClearer
 from worker.metrics import observe
 from worker.model import SegmentationModel
+from worker.observability import node_name
 from worker.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,33 @@ class Runtime:
     clearer: CacheClearer
     name: str
     stop_event: threading.Event
+    queue: str = ""  # this worker's private queue (image affinity)
     warm: bool = False
+
+    def claim_affinity(self, owner: str, image_id: str) -> None:
+        """Tell the gateway this worker holds the image's embedding now."""
+        if self.settings.affinity_ttl_s <= 0 or not self.queue:
+            return
+        key = self.store.keys.affinity(self.model.stamp.name, owner, image_id)
+        try:
+            self.store.redis.set(key, self.queue, ex=self.settings.affinity_ttl_s)
+        except redis.RedisError as exc:  # affinity is an optimisation; the job is done
+            log.warning("could not record image affinity: %s", exc)
+
+    def rescue_orphaned_queues(self) -> int:
+        """Move jobs from private queues of workers no longer heartbeating back to the
+        shared queue, so a dead worker's affinity never strands a job."""
+        r, shared = self.store.redis, self.settings.queue_for(self.model.stamp.name)
+        live = {r.hget(k, "queue") for k in r.scan_iter(self.store.keys.workers_pattern())}
+        moved = 0
+        for queue in r.scan_iter(match=f"{shared}.w.*", _type="list"):
+            if queue in live:
+                continue
+            while r.lmove(queue, shared, "RIGHT", "RIGHT") is not None:
+                moved += 1
+        if moved:
+            log.warning("moved %d job(s) from dead workers' queues to %s", moved, shared)
+        return moved
 
     def beat(self) -> None:
         self.store.heartbeat(
@@ -44,6 +71,7 @@ class Runtime:
                 "weights": self.model.stamp.weights,
                 "warm": int(self.warm),
                 "pid": os.getpid(),
+                "queue": self.queue,
                 "cuda_cache_clears": self.clearer.clears,
                 "cuda_cache_bytes_released": self.clearer.bytes_released,
             },
@@ -82,6 +110,9 @@ def start(settings: Settings) -> Runtime:
         ),
         name=f"{socket.gethostname()}:{os.getpid()}",
         stop_event=threading.Event(),
+        # The supervisor consumes this queue too (worker/celery_app.py); its pid is
+        # the parent's, so both sides derive the same name.
+        queue=settings.private_queue(node_name(), os.getppid()),
     )
     seconds = model.warmup()
     runtime.warm = True
@@ -115,6 +146,7 @@ def _heartbeat_loop(runtime: Runtime) -> None:
     while not runtime.stop_event.is_set():
         try:
             runtime.beat()
+            runtime.rescue_orphaned_queues()
         except redis.RedisError as exc:
             # Keep beating: the worker reconnects by itself when Redis is back.
             log.warning("heartbeat failed: %s", exc)

@@ -74,27 +74,37 @@ def segment(job_id: str) -> str:
 def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(record["spec"])
     owner, image_id = record.get("owner", "anon"), record["image_id"]
-    image_bytes = rt.store.image_bytes(owner, image_id)
-    if image_bytes is None:
-        raise InvalidImage("the job's image expired before a worker took the job")
+
+    def load_image() -> bytes:
+        data = rt.store.image_bytes(owner, image_id)
+        if data is None:
+            raise InvalidImage("the job's image expired before a worker took the job")
+        return data
+
+    # Keyed by owner too: one key's upload never answers another key's job.
+    cache_key = (rt.model.stamp.name, owner, image_id) \
+        if rt.settings.embedding_cache_bytes > 0 else None
     notes: list[str] = []
     while True:
         checkpoint = _checkpoint(rt, job_id, image_id, spec)
         try:
             result = run_job(
-                rt.model, spec, image_bytes,
+                rt.model, spec, image_id, load_image,
                 max_pixels=rt.settings.max_image_pixels,
                 queue_s=round(time.time() - float(record["created_at"]), 6),
                 checkpoint=checkpoint,
+                cache_key=cache_key,
             )
         except torch.OutOfMemoryError:
-            _release_memory()
+            _release_memory(rt)
             spec = _with_less_work(spec, rt.settings.oom_min_points_per_batch)
             notes.append(f"out of memory; retried with points_per_batch="
                          f"{spec.auto.points_per_batch}")
             log.warning("job %s: %s", job_id, notes[-1])
             continue
         result["notes"] = notes + result.get("notes", [])
+        if spec.mode == "prompt":
+            rt.claim_affinity(owner, image_id)
         return result
 
 
@@ -118,7 +128,8 @@ def _with_less_work(spec: JobSpec, floor: int) -> JobSpec:
         update={"points_per_batch": ppb // 2})})
 
 
-def _release_memory() -> None:
+def _release_memory(rt: runtime.Runtime) -> None:
+    rt.model.cache.clear()  # cached embeddings hold device memory too
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
