@@ -42,7 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Short timeouts: with Redis down a submit must answer 503 in a second or
         # two, never hang.
         client = aredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=1, socket_timeout=2,
+            settings.redis_url,
+            socket_connect_timeout=1,
+            socket_timeout=2,
             health_check_interval=15,
             # A pooled connection from before a Redis restart fails once on use: retry
             # on a fresh one, briefly, so a restart costs clients nothing.
@@ -77,8 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _error(status: int, type_: str, message: str, retry_after: int | None = None) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        {"error": {"type": type_, "message": message}}, status_code=status, headers=headers
+    )
 
 
 async def _fleet_error(_: Request, exc: Exception) -> JSONResponse:
@@ -92,8 +95,9 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     # Starlette's own answers (unknown route, wrong method) in the project's error shape.
     assert isinstance(exc, StarletteHTTPException)
-    response = _error(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"),
-                      str(exc.detail))
+    response = _error(
+        exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), str(exc.detail)
+    )
     if exc.headers:
         response.headers.update(exc.headers)
     return response
@@ -107,8 +111,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may carry the Redis URL (with its password): name the type only.
-    log.warning("redis error on %s %s: %s", request.method, request.url.path,
-                type(exc).__name__)
+    log.warning("redis error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return _error(503, "unavailable", f"Redis is unavailable ({type(exc).__name__})", 2)
 
 
@@ -119,8 +122,9 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                             routes=app.routes)
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
         # The submit handler parses its body itself (JSON or multipart), so FastAPI
         # does not see JobCreate; publish its schema for clients and /docs.
         job_schema = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")

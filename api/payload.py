@@ -60,12 +60,14 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
 
 
 @asynccontextmanager
-async def open_form(request: Request, settings: Settings, *, max_fields: int
-                    ) -> AsyncIterator[FormData]:
+async def open_form(
+    request: Request, settings: Settings, *, max_fields: int
+) -> AsyncIterator[FormData]:
     """The multipart form, its temporary files closed after; malformed parts are 400."""
     try:
-        form = await request.form(max_files=1, max_fields=max_fields,
-                                  max_part_size=settings.max_request_bytes)
+        form = await request.form(
+            max_files=1, max_fields=max_fields, max_part_size=settings.max_request_bytes
+        )
     except (MultiPartException, HTTPException) as exc:
         raise BadRequest(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
     try:
@@ -96,8 +98,11 @@ async def job_from_request(
             if not isinstance(upload, UploadFile):
                 raise InvalidInput("multipart requests need a file part named `image`")
             # No `job` part: segment everything, the one mode that needs no prompts.
-            spec = parse_json(JobSpec, job_field.encode()) if isinstance(job_field, str) \
+            spec = (
+                parse_json(JobSpec, job_field.encode())
+                if isinstance(job_field, str)
                 else JobSpec(mode="auto")
+            )
             return spec, await read_upload(upload, settings), None
     if content_type.split(";")[0].strip() not in ("application/json", ""):
         raise UnsupportedMediaType(

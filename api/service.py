@@ -63,8 +63,15 @@ class JobService:
         verify_decodable(data)
         key = self.keys.image(owner, probed.image_id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"data": data, "width": probed.width,
-                                "height": probed.height, "format": probed.format})
+        pipe.hset(
+            key,
+            mapping={
+                "data": data,
+                "width": probed.width,
+                "height": probed.height,
+                "format": probed.format,
+            },
+        )
         pipe.expire(key, self.settings.image_ttl_s)
         await pipe.execute()
         return probed
@@ -80,8 +87,9 @@ class JobService:
 
     # --- jobs ----------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, image: ProbedImage, owner: str,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
+    async def submit(
+        self, spec: JobSpec, image: ProbedImage, owner: str, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         model = spec.model or self.settings.model
         if model not in MODELS:
             raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
@@ -91,28 +99,32 @@ class JobService:
         idem_key = None
         if idempotency_key is not None:
             idem_key, existing = await self._claim_idempotency(
-                owner, idempotency_key, f"{image.image_id}:{spec.model_dump_json()}", job_id)
+                owner, idempotency_key, f"{image.image_id}:{spec.model_dump_json()}", job_id
+            )
             if existing is not None:
                 return existing
         try:
             if await self.live_workers(model) == 0:
                 raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
             if await self.queue_depth(model) >= self.settings.max_queued_jobs:
-                raise QueueFull(f"{model} has {self.settings.max_queued_jobs} jobs waiting; "
-                                "retry later")
+                raise QueueFull(
+                    f"{model} has {self.settings.max_queued_jobs} jobs waiting; retry later"
+                )
             return await self._enqueue(job_id, spec, image, owner, model)
         except BaseException:
             if idem_key is not None:  # nothing was accepted: the key may be used again
                 await self.redis.delete(idem_key)
             raise
 
-    async def _claim_idempotency(self, owner: str, key: str, fingerprint_src: str,
-                                 job_id: str) -> tuple[str, dict[str, Any] | None]:
+    async def _claim_idempotency(
+        self, owner: str, key: str, fingerprint_src: str, job_id: str
+    ) -> tuple[str, dict[str, Any] | None]:
         """Claim the key for this job, or return the job an earlier identical request made."""
         idem_key = self.keys.idempotency(owner, hashlib.sha256(key.encode()).hexdigest())
         fingerprint = hashlib.sha256(fingerprint_src.encode()).hexdigest()
-        claimed = await self.redis.set(idem_key, f"{fingerprint} {job_id}", nx=True,
-                                       ex=self.settings.idempotency_ttl_s)
+        claimed = await self.redis.set(
+            idem_key, f"{fingerprint} {job_id}", nx=True, ex=self.settings.idempotency_ttl_s
+        )
         if claimed:
             return idem_key, None
         stored = await self.redis.get(idem_key)
@@ -127,12 +139,19 @@ class JobService:
             # The first request is still being accepted (or its job expired).
             raise Conflict("a request with this Idempotency-Key is in progress; retry") from None
 
-    async def _enqueue(self, job_id: str, spec: JobSpec, image: ProbedImage, owner: str,
-                       model: str) -> dict[str, Any]:
+    async def _enqueue(
+        self, job_id: str, spec: JobSpec, image: ProbedImage, owner: str, model: str
+    ) -> dict[str, Any]:
         record = {
-            "id": job_id, "status": "queued", "model": model, "mode": spec.mode,
-            "image_id": image.image_id, "owner": owner, "created_at": time.time(),
-            "attempts": 0, "spec": spec.model_dump_json(),
+            "id": job_id,
+            "status": "queued",
+            "model": model,
+            "mode": spec.mode,
+            "image_id": image.image_id,
+            "owner": owner,
+            "created_at": time.time(),
+            "attempts": 0,
+            "spec": spec.model_dump_json(),
         }
         key = self.keys.job(job_id)
         pipe = self.redis.pipeline(transaction=True)
@@ -165,10 +184,17 @@ class JobService:
 
     def _send(self, job_id: str, queue: str) -> None:
         self.celery.send_task(
-            SEGMENT_TASK, args=[job_id], queue=queue,
+            SEGMENT_TASK,
+            args=[job_id],
+            queue=queue,
             task_id=job_id,  # Celery's own log lines then name the job (shared/logs.py)
-            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1,
-                                      "interval_step": 0.2, "interval_max": 0.5},
+            retry=True,
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.1,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            },
         )
 
     async def get(self, job_id: str, owner: str, wait_s: float = 0.0) -> dict[str, Any]:
@@ -203,8 +229,11 @@ class JobService:
 
     async def cancel(self, job_id: str, owner: str) -> dict[str, Any]:
         await self._record(job_id, owner)  # 404 for another owner's job
-        state = (await self._cancel(keys=[self.keys.job(job_id), self.keys.done(job_id)],
-                                    args=[time.time()])).decode()
+        state = (
+            await self._cancel(
+                keys=[self.keys.job(job_id), self.keys.done(job_id)], args=[time.time()]
+            )
+        ).decode()
         if state == "missing":
             raise NotFound(f"no job {job_id} (unknown or expired)")
         if state != "cancelled":
@@ -228,8 +257,9 @@ class JobService:
         return found
 
     async def live_workers(self, model: str) -> int:
-        return sum(1 for w in await self.workers() if w.get("model") == model
-                   and w.get("warm") == "1")
+        return sum(
+            1 for w in await self.workers() if w.get("model") == model and w.get("warm") == "1"
+        )
 
     async def queue_depth(self, model: str) -> int:
         return int(await self.redis.llen(self.settings.queue_for(model)))

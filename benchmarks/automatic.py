@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 def _image() -> np.ndarray:
     from tests.support import scene
+
     return scene(1024, 768, seed=1)
 
 
@@ -55,13 +56,19 @@ def main() -> None:
     results = []
     for item in args.rounds.split(","):
         pps, rounds = (int(v) for v in item.split(":"))
-        knobs = {"points_per_side": pps, "points_per_batch": 64,
-                 "pred_iou_thresh": args.iou, "stability_score_thresh": args.stability}
+        knobs = {
+            "points_per_side": pps,
+            "points_per_batch": 64,
+            "pred_iou_thresh": args.iou,
+            "stability_score_thresh": args.stability,
+        }
         times: dict[str, list[float]] = {"meta": [], "fast": []}
         outputs: dict[str, list] = {}
         for _ in range(rounds):
-            for name, cls in (("meta", SAM2AutomaticMaskGenerator),
-                              ("fast", FastAutomaticMaskGenerator)):
+            for name, cls in (
+                ("meta", SAM2AutomaticMaskGenerator),
+                ("fast", FastAutomaticMaskGenerator),
+            ):
                 gen = cls(model, output_mode="coco_rle", **knobs)
                 started = time.perf_counter()
                 with torch.inference_mode():
@@ -71,16 +78,26 @@ def main() -> None:
                 print(f"pps={pps} {name}: {times[name][-1]:.1f}s, {len(anns)} masks", flush=True)
         meta, fast = outputs["meta"], outputs["fast"]
         same_rle = len(meta) == len(fast) and all(
-            a["segmentation"] == b["segmentation"] for a, b in zip(meta, fast, strict=True))
-        iou_diff = max((abs(a["predicted_iou"] - b["predicted_iou"])
-                        for a, b in zip(meta, fast, strict=False)), default=0.0)
+            a["segmentation"] == b["segmentation"] for a, b in zip(meta, fast, strict=True)
+        )
+        iou_diff = max(
+            (
+                abs(a["predicted_iou"] - b["predicted_iou"])
+                for a, b in zip(meta, fast, strict=False)
+            ),
+            default=0.0,
+        )
         row = {
-            "points_per_side": pps, "rounds": rounds, "knobs": knobs,
-            "meta_s": times["meta"], "fast_s": times["fast"],
+            "points_per_side": pps,
+            "rounds": rounds,
+            "knobs": knobs,
+            "meta_s": times["meta"],
+            "fast_s": times["fast"],
             "meta_median_s": statistics.median(times["meta"]),
             "fast_median_s": statistics.median(times["fast"]),
             "masks": {"meta": len(meta), "fast": len(fast)},
-            "same_count": len(meta) == len(fast), "identical_rle_in_order": same_rle,
+            "same_count": len(meta) == len(fast),
+            "identical_rle_in_order": same_rle,
             "max_predicted_iou_diff": iou_diff,
         }
         row["speedup"] = row["meta_median_s"] / row["fast_median_s"]
@@ -88,9 +105,13 @@ def main() -> None:
         results.append(row)
     out = {
         "what": "seconds per image (generate only, encoder included), SAM 2.1 tiny at "
-                "1024 px, random weights, 1024x768 synthetic image, in-process, interleaved",
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "device": "cpu"},
+        "1024 px, random weights, 1024x768 synthetic image, in-process, interleaved",
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+        },
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

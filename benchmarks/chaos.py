@@ -43,8 +43,9 @@ PREFIX = "chaos"
 
 
 class Chaos:
-    def __init__(self, fleet: Fleet, server: RedisServer, workers: list[str], rng: random.Random
-                 ) -> None:
+    def __init__(
+        self, fleet: Fleet, server: RedisServer, workers: list[str], rng: random.Random
+    ) -> None:
         self.fleet, self.server, self.workers, self.rng = fleet, server, workers, rng
         self.faults: Counter[str] = Counter()
         self.stop = threading.Event()
@@ -142,10 +143,17 @@ def main() -> int:
     checkpoint = write_random_checkpoint(MODELS["sam2.1_hiera_tiny"], work / "tiny.pt", 0)
     server = RedisServer.start(work / "redis", appendonly=True)
     (work / "logs").mkdir()
-    env = fleet_env(server.url, checkpoint, PREFIX, 256,
-                    SAM2FLEET_VISIBILITY_TIMEOUT_S="20", SAM2FLEET_TASK_TIME_LIMIT_S="15",
-                    SAM2FLEET_TASK_SOFT_TIME_LIMIT_S="12", SAM2FLEET_MAX_ATTEMPTS="5",
-                    SAM2FLEET_TORCH_THREADS="1")
+    env = fleet_env(
+        server.url,
+        checkpoint,
+        PREFIX,
+        256,
+        SAM2FLEET_VISIBILITY_TIMEOUT_S="20",
+        SAM2FLEET_TASK_TIME_LIMIT_S="15",
+        SAM2FLEET_TASK_SOFT_TIME_LIMIT_S="12",
+        SAM2FLEET_MAX_ATTEMPTS="5",
+        SAM2FLEET_TORCH_THREADS="1",
+    )
     fleet = Fleet(env, work / "logs")
     names = [f"w{i}" for i in range(args.workers)]
     for name in names:
@@ -155,22 +163,29 @@ def main() -> int:
     started = time.monotonic()
     try:
         fleet.wait_ready(timeout=300)
-        chaos_thread = threading.Thread(target=chaos.run, args=(args.fault_interval,),
-                                        daemon=True)
+        chaos_thread = threading.Thread(target=chaos.run, args=(args.fault_interval,), daemon=True)
         chaos_thread.start()
-        bodies = [{"image": b64(encode(scene(rng.randrange(64, 160), rng.randrange(48, 120),
-                                             seed=i))),
-                   "prompts": [{"points": [[20, 20]], "labels": [1]}]} for i in range(args.jobs)]
+        bodies = [
+            {
+                "image": b64(encode(scene(rng.randrange(64, 160), rng.randrange(48, 120), seed=i))),
+                "prompts": [{"points": [[20, 20]], "labels": [1]}],
+            }
+            for i in range(args.jobs)
+        ]
         deadline = time.monotonic() + 1800
         with ThreadPoolExecutor(args.concurrency) as pool:
             ids = list(pool.map(lambda b: submit(fleet.base_url, b, deadline), bodies))
         accepted = [i for i in ids if i]
-        print(f"submitted: {len(accepted)} accepted of {args.jobs}; faults so far "
-              f"{sum(chaos.faults.values())}", flush=True)
+        print(
+            f"submitted: {len(accepted)} accepted of {args.jobs}; faults so far "
+            f"{sum(chaos.faults.values())}",
+            flush=True,
+        )
         # Keep hurting the fleet while it drains the queue, until half is done.
         with ThreadPoolExecutor(args.concurrency) as pool:
-            drained = pool.map(lambda j: final_state(fleet.base_url, j, time.monotonic() + 900),
-                               accepted)
+            drained = pool.map(
+                lambda j: final_state(fleet.base_url, j, time.monotonic() + 900), accepted
+            )
             for i, _ in enumerate(drained):
                 if i == len(accepted) // 2:
                     chaos.stop.set()
@@ -178,8 +193,9 @@ def main() -> int:
         chaos_thread.join()
         # Then read every job once more, after the last fault.
         with ThreadPoolExecutor(args.concurrency) as pool:
-            finals = list(pool.map(lambda j: final_state(fleet.base_url, j,
-                                                         time.monotonic() + 300), accepted))
+            finals = list(
+                pool.map(lambda j: final_state(fleet.base_url, j, time.monotonic() + 300), accepted)
+            )
         audit = redis.Redis.from_url(server.url)
         writes = [int(audit.hget(f"{PREFIX}:job:{j}", "terminal_writes") or 0) for j in accepted]
         results = [int(audit.exists(f"{PREFIX}:result:{j}")) for j in accepted]
@@ -200,8 +216,11 @@ def main() -> int:
         "failed_by_type": dict(failed),
         "jobs_lost": outcome["lost"] + outcome["unfinished"],
         "jobs_with_more_than_one_result": sum(1 for w in writes if w > 1),
-        "succeeded_without_result": sum(1 for f, r in zip(finals, results, strict=True)
-                                        if f and f["status"] == "succeeded" and not r),
+        "succeeded_without_result": sum(
+            1
+            for f, r in zip(finals, results, strict=True)
+            if f and f["status"] == "succeeded" and not r
+        ),
         "jobs_run_more_than_once": sum(1 for f in finals if f and f.get("attempts", 0) > 1),
         "seconds": round(time.monotonic() - started, 1),
         "seed": args.seed,
@@ -211,8 +230,11 @@ def main() -> int:
     (args.out / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")
     for key, value in report.items():
         print(f"{key:32} {value}")
-    bad = report["jobs_lost"] or report["jobs_with_more_than_one_result"] or \
-        report["succeeded_without_result"]
+    bad = (
+        report["jobs_lost"]
+        or report["jobs_with_more_than_one_result"]
+        or report["succeeded_without_result"]
+    )
     return 1 if bad else 0
 
 

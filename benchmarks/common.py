@@ -26,8 +26,9 @@ TINY = MODELS["sam2.1_hiera_tiny"]
 
 
 @contextmanager
-def local_fleet(prefix: str, image_size: int | None, workers: int = 1, **env: str
-                ) -> Iterator[tuple[Fleet, Path, RedisServer]]:
+def local_fleet(
+    prefix: str, image_size: int | None, workers: int = 1, **env: str
+) -> Iterator[tuple[Fleet, Path, RedisServer]]:
     """Redis, `workers` workers and the API on this machine; yields (fleet, checkpoint)."""
     work = Path(tempfile.mkdtemp(prefix=f"sam2fleet-{prefix}-"))
     checkpoint = write_random_checkpoint(TINY, work / "tiny.pt", 0)
@@ -51,8 +52,7 @@ def direct_predictor(checkpoint: Path, image_size: int | None) -> Any:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     overrides = [] if image_size is None else [f"++model.image_size={image_size}"]
-    model = build_sam2(TINY.config, str(checkpoint), device="cpu",
-                       hydra_overrides_extra=overrides)
+    model = build_sam2(TINY.config, str(checkpoint), device="cpu", hydra_overrides_extra=overrides)
     predictor = SAM2ImagePredictor(model)
     predictor._bb_feat_sizes = feature_sizes(model.image_size)
     return predictor

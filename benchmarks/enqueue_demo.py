@@ -42,12 +42,19 @@ def last_bar(stderr: str) -> str:
 
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[str, str, float]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     took = time.monotonic() - t0
     if proc.returncode not in (0, 1):
-        raise SystemExit(f"sam2fleet {' '.join(args)} failed ({proc.returncode}):\n"
-                         f"{proc.stdout}\n{proc.stderr}")
+        raise SystemExit(
+            f"sam2fleet {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc.stdout, proc.stderr, took
 
 
@@ -56,8 +63,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=256, help="model input size")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--overlay", type=Path, default=None,
-                        help="also write the docs' overlay example here")
+    parser.add_argument(
+        "--overlay", type=Path, default=None, help="also write the docs' overlay example here"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sam2fleet-demo-") as tmp_s:
@@ -78,32 +86,69 @@ def main() -> int:
                 path = images / f"{i // 50:02d}" / f"photo{i:04d}.{ext}"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(encode(scene(w, h, seed=i), fmt))
-                manifest.append({"image": str(path), "prompts": [
-                    {"box": [w // 8, h // 8, w // 2, h // 2], "category": "thing"},
-                    {"points": [[3 * w // 4, 3 * h // 4], [w // 2, h // 5]], "labels": [1, 0],
-                     "category": "stuff"}]})
+                manifest.append(
+                    {
+                        "image": str(path),
+                        "prompts": [
+                            {"box": [w // 8, h // 8, w // 2, h // 2], "category": "thing"},
+                            {
+                                "points": [[3 * w // 4, 3 * h // 4], [w // 2, h // 5]],
+                                "labels": [1, 0],
+                                "category": "stuff",
+                            },
+                        ],
+                    }
+                )
             (tmp / "prompts.jsonl").write_text("\n".join(json.dumps(m) for m in manifest))
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100",
-                   "SAM2FLEET_SERVER": fleet.base_url}
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "COLUMNS": "100",
+                "SAM2FLEET_SERVER": fleet.base_url,
+            }
 
-            print(f"$ sam2fleet enqueue photos/ --out out --concurrency {args.concurrency} "
-                  "--points-per-side 4")
-            out, err, took = run_cli(["enqueue", str(images), "--out", str(tmp / "out"),
-                                      "--concurrency", str(args.concurrency),
-                                      "--points-per-side", "4"], env)
+            print(
+                f"$ sam2fleet enqueue photos/ --out out --concurrency {args.concurrency} "
+                "--points-per-side 4"
+            )
+            out, err, took = run_cli(
+                [
+                    "enqueue",
+                    str(images),
+                    "--out",
+                    str(tmp / "out"),
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--points-per-side",
+                    "4",
+                ],
+                env,
+            )
             print(last_bar(err))
             print(out.replace(str(tmp) + "/", ""))
-            print(f"$ sam2fleet enqueue prompts.jsonl --out out2 --concurrency "
-                  f"{args.concurrency} --overlays")
-            out2, err2, _ = run_cli(["enqueue", str(tmp / "prompts.jsonl"), "--out",
-                                     str(tmp / "out2"), "--concurrency", str(args.concurrency),
-                                     "--overlays"], env)
+            print(
+                f"$ sam2fleet enqueue prompts.jsonl --out out2 --concurrency "
+                f"{args.concurrency} --overlays"
+            )
+            out2, err2, _ = run_cli(
+                [
+                    "enqueue",
+                    str(tmp / "prompts.jsonl"),
+                    "--out",
+                    str(tmp / "out2"),
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--overlays",
+                ],
+                env,
+            )
             print(last_bar(err2))
             print(out2.replace(str(tmp) + "/", ""))
             if args.overlay is not None:
                 record = sorted((tmp / "out2" / "jobs").glob("*.json"))[0]
-                o, _, _ = run_cli(["overlay", str(record), "--out", str(args.overlay),
-                                    "--min-size", "480"], env)
+                o, _, _ = run_cli(
+                    ["overlay", str(record), "--out", str(args.overlay), "--min-size", "480"], env
+                )
                 print(o.strip())
         finally:
             fleet.stop()

@@ -35,15 +35,25 @@ def main() -> int:
 
     with local_fleet("interactive", args.image_size, workers=args.workers) as (fleet, ckpt, _):
         fleet_s, hits, stages = [], [], []
-        first_body = {"image": b64(encode(img)), "prompts": [{"points": [clicks[0]],
-                                                              "labels": [1]}]}
-        warm = run(fleet.base_url, {"image": b64(encode(scene(64, 64))),
-                                     "prompts": [{"points": [[10, 10]], "labels": [1]}]})
+        first_body = {
+            "image": b64(encode(img)),
+            "prompts": [{"points": [clicks[0]], "labels": [1]}],
+        }
+        warm = run(
+            fleet.base_url,
+            {
+                "image": b64(encode(scene(64, 64))),
+                "prompts": [{"points": [[10, 10]], "labels": [1]}],
+            },
+        )
         assert warm["status"] == "succeeded"
         image_id = None
         for i, point in enumerate(clicks):
-            body = first_body if i == 0 else {"image_id": image_id,
-                                              "prompts": [{"points": [point], "labels": [1]}]}
+            body = (
+                first_body
+                if i == 0
+                else {"image_id": image_id, "prompts": [{"points": [point], "labels": [1]}]}
+            )
             started = time.perf_counter()
             job = run(fleet.base_url, body)
             fleet_s.append(time.perf_counter() - started)
@@ -58,8 +68,9 @@ def main() -> int:
             for i, point in enumerate(clicks):
                 if i:
                     started = time.perf_counter()
-                predictor.predict(point_coords=np.array([point], dtype=np.float32),
-                                  point_labels=np.array([1]))
+                predictor.predict(
+                    point_coords=np.array([point], dtype=np.float32), point_labels=np.array([1])
+                )
                 direct_s.append(time.perf_counter() - started)
 
     rest = statistics.median(fleet_s[1:])
@@ -74,7 +85,8 @@ def main() -> int:
         "cache_hits": hits,
         "fleet_clicks_2_on_stage_medians_s": {
             k: round(statistics.median(t[k] for t in stages[1:]), 4)
-            for k in ("queue_s", "decode_s", "embed_s", "predict_s", "encode_s")},
+            for k in ("queue_s", "decode_s", "embed_s", "predict_s", "encode_s")
+        },
         "direct_first_click_s": round(direct_s[0], 4),
         "direct_clicks_2_on_median_s": round(statistics.median(direct_s[1:]), 4),
         "fleet_s": [round(x, 4) for x in fleet_s],
@@ -83,8 +95,9 @@ def main() -> int:
     out = ROOT / "benchmarks" / "results" / "interactive.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("fleet_s", "direct_s")},
-                     indent=2))
+    print(
+        json.dumps({k: v for k, v in result.items() if k not in ("fleet_s", "direct_s")}, indent=2)
+    )
     return 0
 
 

@@ -42,7 +42,9 @@ def main() -> int:
     # The embedding cache is off: each round is a fresh image anyway, and the point
     # is the cost of the path, not of reuse.
     with local_fleet("overhead", args.image_size, SAM2FLEET_EMBEDDING_CACHE_BYTES="0") as (
-        fleet, checkpoint, _,
+        fleet,
+        checkpoint,
+        _,
     ):
         predictor = direct_predictor(checkpoint, args.image_size)
         point = [args.width // 2, args.height // 2]
@@ -52,8 +54,11 @@ def main() -> int:
             started = time.perf_counter()
             with torch.inference_mode():
                 predictor.set_image(img)
-                predictor.predict(point_coords=np.array([point], dtype=np.float32),
-                                  point_labels=np.array([1]), multimask_output=True)
+                predictor.predict(
+                    point_coords=np.array([point], dtype=np.float32),
+                    point_labels=np.array([1]),
+                    multimask_output=True,
+                )
             return time.perf_counter() - started
 
         def run_fleet(data: bytes) -> tuple[float, dict]:
@@ -79,8 +84,11 @@ def main() -> int:
                 direct.append(run_direct(img))
             through.append(t)
             stages.append(s)
-            print(f"round {i + 1}/{args.rounds}: direct {direct[-1] * 1000:.0f} ms, "
-                  f"fleet {through[-1] * 1000:.0f} ms", flush=True)
+            print(
+                f"round {i + 1}/{args.rounds}: direct {direct[-1] * 1000:.0f} ms, "
+                f"fleet {through[-1] * 1000:.0f} ms",
+                flush=True,
+            )
 
     med_d, med_f = statistics.median(direct), statistics.median(through)
     result = {
@@ -89,21 +97,27 @@ def main() -> int:
         "image_size": args.image_size or 1024,
         "image": [args.width, args.height],
         "rounds": args.rounds,
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
-                    "device": "cpu", "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": torch.get_num_threads(),
+            "device": "cpu",
+            "torch": torch.__version__,
+        },
         "direct_median_s": round(med_d, 4),
         "fleet_median_s": round(med_f, 4),
         "ratio_fleet_over_direct": round(med_f / med_d, 3),
-        "fleet_stage_medians_s": {k: round(statistics.median(s[k] for s in stages), 4)
-                                  for k in stages[0]},
+        "fleet_stage_medians_s": {
+            k: round(statistics.median(s[k] for s in stages), 4) for k in stages[0]
+        },
         "direct_s": [round(x, 4) for x in direct],
         "fleet_s": [round(x, 4) for x in through],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"overhead-{result['image_size']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("direct_s", "fleet_s")},
-                     indent=2))
+    print(
+        json.dumps({k: v for k, v in result.items() if k not in ("direct_s", "fleet_s")}, indent=2)
+    )
     print(f"ratio fleet/direct (medians): {result['ratio_fleet_over_direct']}  -> {path}")
     return 0
 

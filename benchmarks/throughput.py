@@ -42,14 +42,16 @@ def main() -> int:
             with torch.inference_mode():
                 for img in batch:
                     predictor.set_image(img)
-                    predictor.predict(point_coords=np.array(point, dtype=np.float32),
-                                      point_labels=np.array([1]))
+                    predictor.predict(
+                        point_coords=np.array(point, dtype=np.float32), point_labels=np.array([1])
+                    )
             return len(batch) / (time.perf_counter() - started)
 
         def through(batch: list[np.ndarray], concurrency: int) -> float:
-            bodies = [{"image": b64(encode(img)), "prompts": [{"points": point,
-                                                                "labels": [1]}]}
-                      for img in batch]
+            bodies = [
+                {"image": b64(encode(img)), "prompts": [{"points": point, "labels": [1]}]}
+                for img in batch
+            ]
             started = time.perf_counter()
             with ThreadPoolExecutor(concurrency) as pool:
                 jobs = list(pool.map(lambda b: run(fleet.base_url, b, timeout=600), bodies))
@@ -61,13 +63,25 @@ def main() -> int:
         for n, concurrency in enumerate(args.concurrency, start=1):
             d = direct(images(n))
             f = through(images(n + 100), concurrency)
-            rows.append({"concurrency": concurrency, "fleet_images_per_s": round(f, 3),
-                         "direct_images_per_s": round(d, 3), "ratio": round(f / d, 3)})
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "fleet_images_per_s": round(f, 3),
+                    "direct_images_per_s": round(d, 3),
+                    "ratio": round(f / d, 3),
+                }
+            )
             print(rows[-1], flush=True)
 
-    result = {"benchmark": "throughput", "model": "sam2.1_hiera_tiny",
-              "image_size": args.image_size or 1024, "images_per_round": args.images,
-              "workers": 1, "cross_job_batching": False, "rows": rows}
+    result = {
+        "benchmark": "throughput",
+        "model": "sam2.1_hiera_tiny",
+        "image_size": args.image_size or 1024,
+        "images_per_round": args.images,
+        "workers": 1,
+        "cross_job_batching": False,
+        "rows": rows,
+    }
     out = ROOT / "benchmarks" / "results" / "throughput.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

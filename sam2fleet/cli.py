@@ -18,31 +18,47 @@ def add_enqueue(sub: Any) -> None:
     from sam2fleet.enqueue import add_arguments
 
     p = sub.add_parser(
-        "enqueue", help="run a folder / glob / JSONL manifest / COCO file through the fleet",
+        "enqueue",
+        help="run a folder / glob / JSONL manifest / COCO file through the fleet",
         description="Submit every image of SOURCE with bounded concurrency, write COCO "
         "results (and optionally PNG masks and overlays) to --out. Re-running with the "
-        "same --out resumes: done images are skipped, failed ones retried.")
+        "same --out resumes: done images are skipped, failed ones retried.",
+    )
     add_arguments(p)
 
 
 def add_overlay(sub: Any) -> None:
     p = sub.add_parser(
-        "overlay", help="draw one job's masks and prompts over its image",
+        "overlay",
+        help="draw one job's masks and prompts over its image",
         description="TARGET is a per-image record written by `enqueue` (DIR/jobs/NAME.json), "
         "a job JSON saved from the API (needs --image), or a job id (fetched from "
-        "--server, or looked up in --run DIR).")
+        "--server, or looked up in --run DIR).",
+    )
     p.add_argument("target", help="jobs/NAME.json, a saved job JSON, or a job id")
     p.add_argument("--image", type=Path, default=None, help="the job's image file")
-    p.add_argument("--prompts", default=None,
-                   help='prompts to draw, as JSON: [{"box": [...]}, {"points": ...}]')
-    p.add_argument("--run", type=Path, default=None,
-                   help="an enqueue output folder to look a job id up in")
-    p.add_argument("--out", "-o", type=Path, default=None,
-                   help="output PNG (default: <target>.overlay.png)")
-    p.add_argument("--all-candidates", action="store_true",
-                   help="draw every multimask candidate, not only each object's best")
-    p.add_argument("--min-size", type=int, default=0,
-                   help="upscale small images so the long side is at least this many pixels")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help='prompts to draw, as JSON: [{"box": [...]}, {"points": ...}]',
+    )
+    p.add_argument(
+        "--run", type=Path, default=None, help="an enqueue output folder to look a job id up in"
+    )
+    p.add_argument(
+        "--out", "-o", type=Path, default=None, help="output PNG (default: <target>.overlay.png)"
+    )
+    p.add_argument(
+        "--all-candidates",
+        action="store_true",
+        help="draw every multimask candidate, not only each object's best",
+    )
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=0,
+        help="upscale small images so the long side is at least this many pixels",
+    )
     p.add_argument("--server", default=None, help="API base URL (default SAM2FLEET_SERVER)")
     p.add_argument("--api-key", default=None, help="API key (default SAM2FLEET_API_KEY)")
 
@@ -99,27 +115,40 @@ def overlay(args: argparse.Namespace) -> int:
             return 2
         default_out = Path(f"{args.target}.overlay.png")
     else:
-        print(f"sam2fleet overlay: {args.target} is neither a file nor a job id",
-              file=sys.stderr)
+        print(f"sam2fleet overlay: {args.target} is neither a file nor a job id", file=sys.stderr)
         return 2
     if job.get("status") != "succeeded" or not job.get("result"):
         err = job.get("error") or {}
-        print(f"sam2fleet overlay: job {job.get('id')} is {job.get('status')}"
-              f"{': ' + err.get('message', '') if err else ''}; nothing to draw", file=sys.stderr)
+        print(
+            f"sam2fleet overlay: job {job.get('id')} is {job.get('status')}"
+            f"{': ' + err.get('message', '') if err else ''}; nothing to draw",
+            file=sys.stderr,
+        )
         return 1
     if image_path is None:
-        print("sam2fleet overlay: the API does not return images; pass --image FILE",
-              file=sys.stderr)
+        print(
+            "sam2fleet overlay: the API does not return images; pass --image FILE", file=sys.stderr
+        )
         return 2
     with Image.open(image_path) as img:
         size = job["result"]["image"]
-        if img.size != (size["width"], size["height"]) and \
-                img.size != (size["height"], size["width"]):
-            print(f"sam2fleet overlay: {image_path} is {img.size[0]}x{img.size[1]}, the job's "
-                  f"image was {size['width']}x{size['height']}", file=sys.stderr)
+        if img.size != (size["width"], size["height"]) and img.size != (
+            size["height"],
+            size["width"],
+        ):
+            print(
+                f"sam2fleet overlay: {image_path} is {img.size[0]}x{img.size[1]}, the job's "
+                f"image was {size['width']}x{size['height']}",
+                file=sys.stderr,
+            )
             return 2
-        pic = overlay_from_result(img, job["result"], prompts=prompts,
-                                  best_only=not args.all_candidates, min_size=args.min_size)
+        pic = overlay_from_result(
+            img,
+            job["result"],
+            prompts=prompts,
+            best_only=not args.all_candidates,
+            min_size=args.min_size,
+        )
     out = args.out or default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     pic.save(out, optimize=True)

@@ -47,8 +47,9 @@ ImageLike = bytes | bytearray | str | os.PathLike[str] | Image.Image | np.ndarra
 class ApiError(Exception):
     """A non-2xx answer, after retries: `status`, the server's error `type` and `message`."""
 
-    def __init__(self, status: int, type_: str, message: str,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, type_: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {type_}: {message}")
         self.status = status
         self.type = type_
@@ -61,8 +62,10 @@ class JobFailed(Exception):
 
     def __init__(self, job: Job) -> None:
         err = job.error or {}
-        super().__init__(f"job {job.id} {job.status}: {err.get('type', job.status)}: "
-                         f"{err.get('message', '')}".rstrip(": "))
+        super().__init__(
+            f"job {job.id} {job.status}: {err.get('type', job.status)}: "
+            f"{err.get('message', '')}".rstrip(": ")
+        )
         self.job = job
 
 
@@ -102,9 +105,16 @@ class Mask:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Mask:
-        return cls(d["segmentation"], int(d["area"]), list(d["bbox"]), float(d["predicted_iou"]),
-                   d.get("stability_score"), d.get("prompt_index"), d.get("point_coords"),
-                   d.get("crop_box"))
+        return cls(
+            d["segmentation"],
+            int(d["area"]),
+            list(d["bbox"]),
+            float(d["predicted_iou"]),
+            d.get("stability_score"),
+            d.get("prompt_index"),
+            d.get("point_coords"),
+            d.get("crop_box"),
+        )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -127,9 +137,14 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Result:
-        return cls(ImageInfo.from_dict(d["image"]), dict(d["model"]),
-                   [Mask.from_dict(m) for m in d["masks"]], dict(d.get("timings", {})),
-                   list(d.get("notes", [])), dict(d))
+        return cls(
+            ImageInfo.from_dict(d["image"]),
+            dict(d["model"]),
+            [Mask.from_dict(m) for m in d["masks"]],
+            dict(d.get("timings", {})),
+            list(d.get("notes", [])),
+            dict(d),
+        )
 
     def decode_masks(self) -> list[np.ndarray]:
         return [m.decode() for m in self.masks]
@@ -153,10 +168,20 @@ class Job:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Job:
         result = d.get("result")
-        return cls(d["id"], d["status"], d["model"], d["mode"], d["image_id"],
-                   float(d["created_at"]), d.get("started_at"), d.get("finished_at"),
-                   int(d.get("attempts") or 0), Result.from_dict(result) if result else None,
-                   d.get("error"), dict(d))
+        return cls(
+            d["id"],
+            d["status"],
+            d["model"],
+            d["mode"],
+            d["image_id"],
+            float(d["created_at"]),
+            d.get("started_at"),
+            d.get("finished_at"),
+            int(d.get("attempts") or 0),
+            Result.from_dict(result) if result else None,
+            d.get("error"),
+            dict(d),
+        )
 
     @property
     def done(self) -> bool:
@@ -177,8 +202,10 @@ def decode_segmentation(seg: Mapping[str, Any]) -> np.ndarray:
         from pycocotools import mask as mask_utils
 
         counts = seg["counts"]
-        rle = {"size": list(seg["size"]),
-               "counts": counts.encode() if isinstance(counts, str) else counts}
+        rle = {
+            "size": list(seg["size"]),
+            "counts": counts.encode() if isinstance(counts, str) else counts,
+        }
         return mask_utils.decode(rle).astype(bool)
     if seg.get("png") is not None:
         with Image.open(io.BytesIO(base64.b64decode(seg["png"]))) as img:
@@ -204,11 +231,17 @@ def image_bytes(image: ImageLike) -> bytes:
     raise TypeError(f"not an image: {type(image).__name__}")
 
 
-def submit_body(image: ImageLike | None = None, *, image_id: str | None = None,
-                prompts: Sequence[Mapping[str, Any]] | None = None, mode: str | None = None,
-                model: str | None = None, multimask: bool | None = None,
-                auto: Mapping[str, Any] | None = None,
-                output: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def submit_body(
+    image: ImageLike | None = None,
+    *,
+    image_id: str | None = None,
+    prompts: Sequence[Mapping[str, Any]] | None = None,
+    mode: str | None = None,
+    model: str | None = None,
+    multimask: bool | None = None,
+    auto: Mapping[str, Any] | None = None,
+    output: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The JSON body of `POST /v1/jobs`. `mode` defaults to prompt with prompts, else auto."""
     if (image is None) == (image_id is None):
         raise ValueError("give exactly one of image and image_id")
@@ -269,8 +302,14 @@ class RetryPolicy:
 
 
 class _Base:
-    def __init__(self, server: str | None, api_key: str | None, timeout: float,
-                 retry: RetryPolicy | None, headers: Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        server: str | None,
+        api_key: str | None,
+        timeout: float,
+        retry: RetryPolicy | None,
+        headers: Mapping[str, str] | None,
+    ) -> None:
         self.server = (server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self.timeout = timeout
@@ -281,8 +320,13 @@ class _Base:
         #: called as on_retry(attempt, delay_s, reason) before each retry (for logs, tests)
         self.on_retry: Callable[[int, float, str], None] | None = None
 
-    def _retry_reason(self, attempt: int, response: httpx.Response | None,
-                      exc: Exception | None, retry_conflict: bool = False) -> float | None:
+    def _retry_reason(
+        self,
+        attempt: int,
+        response: httpx.Response | None,
+        exc: Exception | None,
+        retry_conflict: bool = False,
+    ) -> float | None:
         """Seconds to wait before retrying, or None when the outcome is final."""
         if attempt >= self.retry.max_retries:
             return None
@@ -291,8 +335,12 @@ class _Base:
         elif response is not None and response.status_code in RETRY_STATUSES:
             delay = self.retry.delay(attempt, retry_after_s(response))
             reason = f"HTTP {response.status_code}"
-        elif retry_conflict and response is not None and response.status_code == 409 \
-                and api_error(response).type == "conflict":
+        elif (
+            retry_conflict
+            and response is not None
+            and response.status_code == 409
+            and api_error(response).type == "conflict"
+        ):
             # The first request with this Idempotency-Key is still being accepted.
             delay, reason = self.retry.delay(attempt, None), "HTTP 409 (key in progress)"
         else:
@@ -309,15 +357,22 @@ class _Base:
 class Client(_Base):
     """Blocking client. Use as a context manager, or call `close()`."""
 
-    def __init__(self, server: str | None = None, api_key: str | None = None, *,
-                 timeout: float = 30.0, retry: RetryPolicy | None = None,
-                 headers: Mapping[str, str] | None = None,
-                 transport: httpx.BaseTransport | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         super().__init__(server, api_key, timeout, retry, headers)
         self._sleep = sleep
-        self._http = httpx.Client(base_url=self.server, headers=self.headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.server, headers=self.headers, timeout=timeout, transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -328,15 +383,23 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, timeout: float | None = None,
-                retry_conflict: bool = False, **kwargs: Any) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        retry_conflict: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
         """One API call with retries; raises `ApiError` on a final non-2xx answer."""
         attempt = 0
         while True:
             response, error = None, None
             try:
-                response = self._http.request(method, path, timeout=timeout or self.timeout,
-                                              **kwargs)
+                response = self._http.request(
+                    method, path, timeout=timeout or self.timeout, **kwargs
+                )
             except RETRY_EXCEPTIONS as exc:
                 error = exc
             delay = self._retry_reason(attempt, response, error, retry_conflict)
@@ -360,26 +423,54 @@ class Client(_Base):
         return self.request("GET", "/v1/models").json()
 
     def upload(self, image: ImageLike) -> ImageInfo:
-        return ImageInfo.from_dict(self.request(
-            "POST", "/v1/images", files={"image": ("image", image_bytes(image))}).json())
+        return ImageInfo.from_dict(
+            self.request(
+                "POST", "/v1/images", files={"image": ("image", image_bytes(image))}
+            ).json()
+        )
 
-    def submit(self, image: ImageLike | None = None, *, image_id: str | None = None,
-               prompts: Sequence[Mapping[str, Any]] | None = None, mode: str | None = None,
-               model: str | None = None, multimask: bool | None = None,
-               auto: Mapping[str, Any] | None = None, output: Mapping[str, Any] | None = None,
-               idempotency_key: str | None = None) -> Job:
-        body = submit_body(image, image_id=image_id, prompts=prompts, mode=mode, model=model,
-                           multimask=multimask, auto=auto, output=output)
+    def submit(
+        self,
+        image: ImageLike | None = None,
+        *,
+        image_id: str | None = None,
+        prompts: Sequence[Mapping[str, Any]] | None = None,
+        mode: str | None = None,
+        model: str | None = None,
+        multimask: bool | None = None,
+        auto: Mapping[str, Any] | None = None,
+        output: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        body = submit_body(
+            image,
+            image_id=image_id,
+            prompts=prompts,
+            mode=mode,
+            model=model,
+            multimask=multimask,
+            auto=auto,
+            output=output,
+        )
         return self.submit_body(body, idempotency_key=idempotency_key)
 
     def submit_body(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
-        r = self.request("POST", "/v1/jobs", json=dict(body), retry_conflict=True,
-                         headers=self._submit_headers(idempotency_key))
+        r = self.request(
+            "POST",
+            "/v1/jobs",
+            json=dict(body),
+            retry_conflict=True,
+            headers=self._submit_headers(idempotency_key),
+        )
         return Job.from_dict(r.json())
 
     def get(self, job_id: str, wait: float = 0.0) -> Job:
-        r = self.request("GET", f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None,
-                         timeout=self.timeout + wait)
+        r = self.request(
+            "GET",
+            f"/v1/jobs/{job_id}",
+            params={"wait": wait} if wait else None,
+            timeout=self.timeout + wait,
+        )
         return Job.from_dict(r.json())
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 30.0) -> Job:
@@ -396,8 +487,14 @@ class Client(_Base):
     def cancel(self, job_id: str) -> Job:
         return Job.from_dict(self.request("DELETE", f"/v1/jobs/{job_id}").json())
 
-    def segment(self, image: ImageLike | None = None, prompts: Sequence[Mapping[str, Any]]
-                | None = None, *, timeout: float | None = None, **kwargs: Any) -> Job:
+    def segment(
+        self,
+        image: ImageLike | None = None,
+        prompts: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Job:
         """Submit and wait; raises `JobFailed` unless the job succeeded."""
         job = self.wait(self.submit(image, prompts=prompts, **kwargs).id, timeout)
         job.result_or_raise()
@@ -411,18 +508,30 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The same calls as `Client`, awaitable. Use `async with`, or `await aclose()`."""
 
-    def __init__(self, server: str | None = None, api_key: str | None = None, *,
-                 timeout: float = 30.0, retry: RetryPolicy | None = None,
-                 headers: Mapping[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_connections: int = 100) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_connections: int = 100,
+    ) -> None:
         super().__init__(server, api_key, timeout, retry, headers)
         self._sleep = sleep
-        limits = httpx.Limits(max_connections=max_connections,
-                              max_keepalive_connections=max_connections)
-        self._http = httpx.AsyncClient(base_url=self.server, headers=self.headers,
-                                       timeout=timeout, transport=transport, limits=limits)
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.server,
+            headers=self.headers,
+            timeout=timeout,
+            transport=transport,
+            limits=limits,
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -433,14 +542,22 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, *, timeout: float | None = None,
-                      retry_conflict: bool = False, **kwargs: Any) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        retry_conflict: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
         attempt = 0
         while True:
             response, error = None, None
             try:
-                response = await self._http.request(method, path,
-                                                    timeout=timeout or self.timeout, **kwargs)
+                response = await self._http.request(
+                    method, path, timeout=timeout or self.timeout, **kwargs
+                )
             except RETRY_EXCEPTIONS as exc:
                 error = exc
             delay = self._retry_reason(attempt, response, error, retry_conflict)
@@ -464,34 +581,56 @@ class AsyncClient(_Base):
         return (await self.request("GET", "/v1/models")).json()
 
     async def upload(self, image: ImageLike) -> ImageInfo:
-        r = await self.request("POST", "/v1/images",
-                               files={"image": ("image", image_bytes(image))})
+        r = await self.request("POST", "/v1/images", files={"image": ("image", image_bytes(image))})
         return ImageInfo.from_dict(r.json())
 
-    async def submit(self, image: ImageLike | None = None, *, image_id: str | None = None,
-                     prompts: Sequence[Mapping[str, Any]] | None = None,
-                     mode: str | None = None, model: str | None = None,
-                     multimask: bool | None = None, auto: Mapping[str, Any] | None = None,
-                     output: Mapping[str, Any] | None = None,
-                     idempotency_key: str | None = None) -> Job:
-        body = submit_body(image, image_id=image_id, prompts=prompts, mode=mode, model=model,
-                           multimask=multimask, auto=auto, output=output)
+    async def submit(
+        self,
+        image: ImageLike | None = None,
+        *,
+        image_id: str | None = None,
+        prompts: Sequence[Mapping[str, Any]] | None = None,
+        mode: str | None = None,
+        model: str | None = None,
+        multimask: bool | None = None,
+        auto: Mapping[str, Any] | None = None,
+        output: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        body = submit_body(
+            image,
+            image_id=image_id,
+            prompts=prompts,
+            mode=mode,
+            model=model,
+            multimask=multimask,
+            auto=auto,
+            output=output,
+        )
         return await self.submit_body(body, idempotency_key=idempotency_key)
 
-    async def submit_body(self, body: Mapping[str, Any], *,
-                          idempotency_key: str | None = None) -> Job:
-        r = await self.request("POST", "/v1/jobs", json=dict(body), retry_conflict=True,
-                               headers=self._submit_headers(idempotency_key))
+    async def submit_body(
+        self, body: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Job:
+        r = await self.request(
+            "POST",
+            "/v1/jobs",
+            json=dict(body),
+            retry_conflict=True,
+            headers=self._submit_headers(idempotency_key),
+        )
         return Job.from_dict(r.json())
 
     async def get(self, job_id: str, wait: float = 0.0) -> Job:
-        r = await self.request("GET", f"/v1/jobs/{job_id}",
-                               params={"wait": wait} if wait else None,
-                               timeout=self.timeout + wait)
+        r = await self.request(
+            "GET",
+            f"/v1/jobs/{job_id}",
+            params={"wait": wait} if wait else None,
+            timeout=self.timeout + wait,
+        )
         return Job.from_dict(r.json())
 
-    async def wait(self, job_id: str, timeout: float | None = None,
-                   poll_s: float = 30.0) -> Job:
+    async def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 30.0) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
@@ -504,9 +643,14 @@ class AsyncClient(_Base):
     async def cancel(self, job_id: str) -> Job:
         return Job.from_dict((await self.request("DELETE", f"/v1/jobs/{job_id}")).json())
 
-    async def segment(self, image: ImageLike | None = None,
-                      prompts: Sequence[Mapping[str, Any]] | None = None, *,
-                      timeout: float | None = None, **kwargs: Any) -> Job:
+    async def segment(
+        self,
+        image: ImageLike | None = None,
+        prompts: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Job:
         job = await self.wait((await self.submit(image, prompts=prompts, **kwargs)).id, timeout)
         job.result_or_raise()
         return job

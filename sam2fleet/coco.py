@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 
-def annotations_for(record: Mapping[str, Any], image_id: int, default_category: int,
-                    first_id: int) -> list[dict[str, Any]]:
+def annotations_for(
+    record: Mapping[str, Any], image_id: int, default_category: int, first_id: int
+) -> list[dict[str, Any]]:
     """COCO annotations of one saved job record (`jobs/<name>.json`)."""
     item = record["item"]
     prompts = record["spec"].get("prompts") or []
@@ -68,8 +69,12 @@ def annotations_for(record: Mapping[str, Any], image_id: int, default_category: 
     return out
 
 
-def build(records: Iterable[Mapping[str, Any]], categories: list[dict[str, Any]],
-          default_category: int, description: str = "") -> dict[str, Any]:
+def build(
+    records: Iterable[Mapping[str, Any]],
+    categories: list[dict[str, Any]],
+    default_category: int,
+    description: str = "",
+) -> dict[str, Any]:
     """The dataset dict from saved job records, in the order given.
 
     A record's `item.image_id` is used when the source named one (COCO input,
@@ -84,14 +89,23 @@ def build(records: Iterable[Mapping[str, Any]], categories: list[dict[str, Any]]
         if not isinstance(image_id, int):
             image_id, next_id = next_id, next_id + 1
         info = r["job"]["result"]["image"]
-        images.append({"id": image_id, "file_name": r["item"]["file_name"],
-                       "width": info["width"], "height": info["height"],
-                       "sha256": r["item"]["sha256"], "job_id": r["job"]["id"]})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": r["item"]["file_name"],
+                "width": info["width"],
+                "height": info["height"],
+                "sha256": r["item"]["sha256"],
+                "job_id": r["job"]["id"],
+            }
+        )
         annotations += annotations_for(r, image_id, default_category, len(annotations) + 1)
     return {
-        "info": {"description": description or "sam2fleet enqueue results",
-                 "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "version": "1.0"},
+        "info": {
+            "description": description or "sam2fleet enqueue results",
+            "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "version": "1.0",
+        },
         "images": images,
         "annotations": annotations,
         "categories": categories,

@@ -45,10 +45,18 @@ from sam2fleet.client import ApiError, AsyncClient, Job, RetryPolicy, WaitTimeou
 from sam2fleet.sources import SERVED_EXTS, Item, Source, SourceError, load_source
 
 CONCURRENCY_ENV = "SAM2FLEET_CONCURRENCY"
-AUTO_KNOBS = ("points_per_side", "points_per_batch", "pred_iou_thresh",
-              "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
-              "crop_n_layers", "crop_nms_thresh", "crop_n_points_downscale_factor",
-              "min_mask_region_area")
+AUTO_KNOBS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "crop_nms_thresh",
+    "crop_n_points_downscale_factor",
+    "min_mask_region_area",
+)
 
 
 @dataclass
@@ -160,8 +168,11 @@ class Journal:
 def job_spec(item: Item, opts: Options) -> dict[str, Any] | str:
     """The submit body without the image, or the reason the item cannot be submitted."""
     mode = opts.mode or item.mode or ("prompt" if item.prompts else "auto")
-    spec: dict[str, Any] = {"mode": mode, "multimask": opts.multimask,
-                            "output": {"format": "rle", "min_score": opts.min_score}}
+    spec: dict[str, Any] = {
+        "mode": mode,
+        "multimask": opts.multimask,
+        "output": {"format": "rle", "min_score": opts.min_score},
+    }
     if opts.model:
         spec["model"] = opts.model
     if mode == "prompt":
@@ -174,8 +185,9 @@ def job_spec(item: Item, opts: Options) -> dict[str, Any] | str:
 
 
 def content_hash(spec: dict[str, Any], sha256: str) -> str:
-    canon = json.dumps({"image_sha256": sha256, "spec": spec}, sort_keys=True,
-                       separators=(",", ":"))
+    canon = json.dumps(
+        {"image_sha256": sha256, "spec": spec}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -200,11 +212,18 @@ def read_image(path: Path) -> tuple[bytes, bytes]:
 # --- outputs --------------------------------------------------------------------------------
 
 
-def write_outputs(out: Path, item: Item, spec: dict[str, Any], job: Job, sha256: str,
-                  opts: Options) -> dict[str, Any]:
+def write_outputs(
+    out: Path, item: Item, spec: dict[str, Any], job: Job, sha256: str, opts: Options
+) -> dict[str, Any]:
     record = {
-        "item": {"key": item.key, "path": str(item.path.resolve()), "file_name": item.file_name,
-                 "sha256": sha256, "image_id": item.image_id, "prompt_meta": item.prompt_meta},
+        "item": {
+            "key": item.key,
+            "path": str(item.path.resolve()),
+            "file_name": item.file_name,
+            "sha256": sha256,
+            "image_id": item.image_id,
+            "prompt_meta": item.prompt_meta,
+        },
         "spec": spec,
         "job": job.raw,
     }
@@ -242,8 +261,12 @@ def write_coco(out: Path, source: Source, journal: Journal, bases: dict[str, str
             records.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError):
             continue
-    dataset = coco.build(records, source.categories, source.default_category_id,
-                         f"sam2fleet enqueue of {len(records)} images")
+    dataset = coco.build(
+        records,
+        source.categories,
+        source.default_category_id,
+        f"sam2fleet enqueue of {len(records)} images",
+    )
     return coco.write(dataset, out)[0]
 
 
@@ -256,15 +279,23 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=stream,
-                            desc="enqueue", smoothing=0.1, mininterval=0.25)
+            self.bar = tqdm(
+                total=total,
+                unit="img",
+                dynamic_ncols=True,
+                file=stream,
+                desc="enqueue",
+                smoothing=0.1,
+                mininterval=0.25,
+            )
         self.failed = 0
         self.in_flight = 0
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"failed={self.failed} in flight={self.in_flight}",
-                                     refresh=False)
+            self.bar.set_postfix_str(
+                f"failed={self.failed} in flight={self.in_flight}", refresh=False
+            )
             self.bar.update(n)
 
     def refresh(self) -> None:
@@ -299,10 +330,15 @@ async def _race(coro: Any, stop: asyncio.Event) -> Any:
     return None
 
 
-async def run_async(source: Source, out: Path, opts: Options, *,
-                    stop: asyncio.Event | None = None,
-                    on_event: Callable[[str, str], None] | None = None,
-                    stream: TextIO | None = None) -> Summary:
+async def run_async(
+    source: Source,
+    out: Path,
+    opts: Options,
+    *,
+    stop: asyncio.Event | None = None,
+    on_event: Callable[[str, str], None] | None = None,
+    stream: TextIO | None = None,
+) -> Summary:
     stream = stream or sys.stderr
     out.mkdir(parents=True, exist_ok=True)
     (out / "jobs").mkdir(exist_ok=True)
@@ -311,11 +347,21 @@ async def run_async(source: Source, out: Path, opts: Options, *,
     summary.skipped = len(source.skipped)
     started = time.monotonic()
     journal = Journal(out / "state.jsonl")
-    opts_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
-                 if k != "api_key"}
-    coco.atomic_write_text(out / "run.json", json.dumps(
-        {"source_kind": source.kind, "items": len(source.items), "options": opts_dict,
-         "started_at": time.time()}, indent=2))
+    opts_dict = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "api_key"
+    }
+    coco.atomic_write_text(
+        out / "run.json",
+        json.dumps(
+            {
+                "source_kind": source.kind,
+                "items": len(source.items),
+                "options": opts_dict,
+                "started_at": time.time(),
+            },
+            indent=2,
+        ),
+    )
 
     # Plan: hash every file (content + spec decides "already done"), in a thread.
     bases: dict[str, str] = {}
@@ -356,8 +402,12 @@ async def run_async(source: Source, out: Path, opts: Options, *,
         while len(todo) > opts.limit:
             todo.pop()
 
-    client = AsyncClient(opts.server, opts.api_key, timeout=60.0,
-                         retry=RetryPolicy(max_retries=8, backoff_s=0.5, max_backoff_s=20.0))
+    client = AsyncClient(
+        opts.server,
+        opts.api_key,
+        timeout=60.0,
+        retry=RetryPolicy(max_retries=8, backoff_s=0.5, max_backoff_s=20.0),
+    )
     progress: _Progress | None = None
     try:
         concurrency = opts.concurrency or int(os.environ.get(CONCURRENCY_ENV) or 0)
@@ -390,8 +440,9 @@ async def run_async(source: Source, out: Path, opts: Options, *,
                 # Not raced against `stop`: a submit in progress completes and is journaled,
                 # so an interrupted run never leaves an unrecorded job behind.
                 job = await client.submit_body(body, idempotency_key=ikey)
-                journal.append(event="submitted", key=item.key, base=base, job_id=job.id,
-                               idempotency_key=ikey)
+                journal.append(
+                    event="submitted", key=item.key, base=base, job_id=job.id, idempotency_key=ikey
+                )
             if not job.done:
                 job = await _race(client.wait(job.id, timeout=opts.job_timeout_s), stop)
                 if job is None:
@@ -399,8 +450,13 @@ async def run_async(source: Source, out: Path, opts: Options, *,
                     return False
             if job.succeeded:
                 record = await asyncio.to_thread(write_outputs, out, item, spec, job, sha, opts)
-                journal.append(event="done", key=item.key, base=base, job_id=job.id,
-                               masks=len(record["job"]["result"]["masks"]))
+                journal.append(
+                    event="done",
+                    key=item.key,
+                    base=base,
+                    job_id=job.id,
+                    masks=len(record["job"]["result"]["masks"]),
+                )
                 summary.done += 1
                 summary.masks += len(record["job"]["result"]["masks"])
                 if on_event:
@@ -411,8 +467,13 @@ async def run_async(source: Source, out: Path, opts: Options, *,
             return True
 
         def _fail(item: Item, base: str, job_id: str | None, type_: str, message: str) -> None:
-            journal.append(event="failed", key=item.key, base=base, job_id=job_id,
-                           error={"type": type_, "message": message})
+            journal.append(
+                event="failed",
+                key=item.key,
+                base=base,
+                job_id=job_id,
+                error={"type": type_, "message": message},
+            )
             summary.failed += 1
             summary.failures.append((item.key, f"{type_}: {message}"))
             assert progress is not None
@@ -430,8 +491,10 @@ async def run_async(source: Source, out: Path, opts: Options, *,
                     finished = await process(item)
                 except ApiError as exc:
                     if exc.status in (401, 403):
-                        fatal.append(f"the server refused the API key ({exc.status} "
-                                     f"{exc.type}: {exc.message})")
+                        fatal.append(
+                            f"the server refused the API key ({exc.status} "
+                            f"{exc.type}: {exc.message})"
+                        )
                         stop.set()
                         finished = False
                     else:
@@ -439,8 +502,13 @@ async def run_async(source: Source, out: Path, opts: Options, *,
                 except WaitTimeout as exc:
                     with contextlib.suppress(ApiError, httpx.HTTPError):
                         await client.cancel(exc.job.id)
-                    _fail(item, bases[item.key], exc.job.id, "timeout",
-                          f"not finished after {opts.job_timeout_s:g} s; cancelled")
+                    _fail(
+                        item,
+                        bases[item.key],
+                        exc.job.id,
+                        "timeout",
+                        f"not finished after {opts.job_timeout_s:g} s; cancelled",
+                    )
                 except httpx.HTTPError as exc:
                     fatal.append(f"cannot reach {client.server}: {type(exc).__name__}: {exc}")
                     stop.set()
@@ -478,8 +546,9 @@ async def _default_concurrency(client: AsyncClient, model: str | None) -> int:
     return max(4, min(64, 4 * workers))
 
 
-def run(source: Source, out: Path, opts: Options,
-        on_event: Callable[[str, str], None] | None = None) -> Summary:
+def run(
+    source: Source, out: Path, opts: Options, on_event: Callable[[str, str], None] | None = None
+) -> Summary:
     """Blocking run; the first Ctrl-C stops submitting and saves, a second one quits."""
 
     async def main() -> Summary:
@@ -488,9 +557,12 @@ def run(source: Source, out: Path, opts: Options,
 
         def first_sigint() -> None:
             stop.set()
-            print("\nsam2fleet enqueue: stopping; finished images are saved, running jobs "
-                  "are left to a re-run. Ctrl-C again to quit at once.", file=sys.stderr,
-                  flush=True)
+            print(
+                "\nsam2fleet enqueue: stopping; finished images are saved, running jobs "
+                "are left to a re-run. Ctrl-C again to quit at once.",
+                file=sys.stderr,
+                flush=True,
+            )
             loop.remove_signal_handler(signal.SIGINT)
 
         installed = False
@@ -510,12 +582,16 @@ def run(source: Source, out: Path, opts: Options,
 def format_summary(s: Summary, out: Path) -> str:
     lines = []
     if s.stopped == "interrupted":
-        lines.append(f"interrupted: {s.in_flight_left} jobs still running on the fleet; "
-                     f"run the same command again to collect them and finish")
+        lines.append(
+            f"interrupted: {s.in_flight_left} jobs still running on the fleet; "
+            f"run the same command again to collect them and finish"
+        )
     elif s.stopped:
         lines.append(f"stopped: {s.stopped}")
-    lines.append(f"{s.total} images: {s.done} done, {s.failed} failed, {s.skipped} skipped, "
-                 f"{s.already_done} already done before; {s.masks} masks")
+    lines.append(
+        f"{s.total} images: {s.done} done, {s.failed} failed, {s.skipped} skipped, "
+        f"{s.already_done} already done before; {s.masks} masks"
+    )
     lines.append(f"{s.elapsed_s:.1f} s, {s.images_per_s:.2f} images/s")
     if s.failures:
         lines.append("failed (a re-run retries them):")
@@ -537,38 +613,87 @@ def format_summary(s: Summary, out: Path) -> str:
 
 def add_arguments(p: Any) -> None:
     p.add_argument("source", help="folder, glob (quoted), JSONL manifest, or COCO .json")
-    p.add_argument("--out", "-o", type=Path, required=True,
-                   help="output folder; re-running with the same folder resumes")
-    p.add_argument("--server", default=None,
-                   help="API base URL (default SAM2FLEET_SERVER, else http://127.0.0.1:8000)")
+    p.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        help="output folder; re-running with the same folder resumes",
+    )
+    p.add_argument(
+        "--server",
+        default=None,
+        help="API base URL (default SAM2FLEET_SERVER, else http://127.0.0.1:8000)",
+    )
     p.add_argument("--api-key", default=None, help="API key (default SAM2FLEET_API_KEY)")
-    p.add_argument("--mode", choices=("prompt", "auto"), default=None,
-                   help="default: prompt for images with prompts, auto for those without")
+    p.add_argument(
+        "--mode",
+        choices=("prompt", "auto"),
+        default=None,
+        help="default: prompt for images with prompts, auto for those without",
+    )
     p.add_argument("--model", default=None, help="model variant (default: the server's)")
-    p.add_argument("--concurrency", "-j", type=int, default=None,
-                   help="jobs in flight at once (default SAM2FLEET_CONCURRENCY, else 4 per "
-                        "warm worker, at least 4)")
-    p.add_argument("--multimask", action="store_true",
-                   help="three candidates per prompt instead of the best one")
-    p.add_argument("--min-score", type=float, default=0.0,
-                   help="drop masks whose predicted IoU is below this")
-    p.add_argument("--images-dir", type=Path, default=None,
-                   help="where manifest/COCO file names resolve (default: next to that file)")
+    p.add_argument(
+        "--concurrency",
+        "-j",
+        type=int,
+        default=None,
+        help="jobs in flight at once (default SAM2FLEET_CONCURRENCY, else 4 per "
+        "warm worker, at least 4)",
+    )
+    p.add_argument(
+        "--multimask",
+        action="store_true",
+        help="three candidates per prompt instead of the best one",
+    )
+    p.add_argument(
+        "--min-score", type=float, default=0.0, help="drop masks whose predicted IoU is below this"
+    )
+    p.add_argument(
+        "--images-dir",
+        type=Path,
+        default=None,
+        help="where manifest/COCO file names resolve (default: next to that file)",
+    )
     p.add_argument("--png-masks", action="store_true", help="also write masks/<image>/NNN.png")
-    p.add_argument("--overlays", action="store_true",
-                   help="also write overlays/<image>.png (masks, outlines, prompts drawn)")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait for one job before failing it (default 600)")
-    p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
-                   help="on a re-run, leave images that failed before alone")
+    p.add_argument(
+        "--overlays",
+        action="store_true",
+        help="also write overlays/<image>.png (masks, outlines, prompts drawn)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for one job before failing it (default 600)",
+    )
+    p.add_argument(
+        "--no-retry-failed",
+        dest="retry_failed",
+        action="store_false",
+        help="on a re-run, leave images that failed before alone",
+    )
     p.add_argument("--limit", type=int, default=None, help="process at most N new images")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar (the summary is still printed)")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (the summary is still printed)",
+    )
     auto = p.add_argument_group("automatic mode (SAM 2's mask generator knobs)")
     for knob in AUTO_KNOBS:
-        kind = int if knob in ("points_per_side", "points_per_batch", "crop_n_layers",
-                               "crop_n_points_downscale_factor", "min_mask_region_area") \
+        kind = (
+            int
+            if knob
+            in (
+                "points_per_side",
+                "points_per_batch",
+                "crop_n_layers",
+                "crop_n_points_downscale_factor",
+                "min_mask_region_area",
+            )
             else float
+        )
         auto.add_argument(f"--{knob.replace('_', '-')}", dest=knob, type=kind, default=None)
 
 
@@ -582,18 +707,29 @@ def main(args: Any) -> int:
         print(f"sam2fleet enqueue: no images in {args.source}", file=sys.stderr)
         return 2
     opts = Options(
-        server=args.server, api_key=args.api_key, mode=args.mode, model=args.model,
-        concurrency=args.concurrency, multimask=args.multimask,
+        server=args.server,
+        api_key=args.api_key,
+        mode=args.mode,
+        model=args.model,
+        concurrency=args.concurrency,
+        multimask=args.multimask,
         auto={k: getattr(args, k) for k in AUTO_KNOBS if getattr(args, k) is not None},
-        min_score=args.min_score, png_masks=args.png_masks, overlays=args.overlays,
-        job_timeout_s=args.timeout, retry_failed=args.retry_failed, limit=args.limit,
-        images_dir=args.images_dir, progress=args.progress,
+        min_score=args.min_score,
+        png_masks=args.png_masks,
+        overlays=args.overlays,
+        job_timeout_s=args.timeout,
+        retry_failed=args.retry_failed,
+        limit=args.limit,
+        images_dir=args.images_dir,
+        progress=args.progress,
     )
     try:
         summary = run(source, args.out, opts)
     except httpx.HTTPError as exc:
-        print(f"sam2fleet enqueue: cannot reach the server: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        print(
+            f"sam2fleet enqueue: cannot reach the server: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return 2
     except ApiError as exc:
         print(f"sam2fleet enqueue: {exc}", file=sys.stderr)

@@ -16,10 +16,24 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 # Tableau-like colours: distinct, readable on photos.
 PALETTE = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (255, 187, 120),
-    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210),
-    (219, 219, 141), (158, 218, 229), (174, 199, 232),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (188, 189, 34),
+    (23, 190, 207),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (219, 219, 141),
+    (158, 218, 229),
+    (174, 199, 232),
 ]
 
 
@@ -42,11 +56,17 @@ def _thicken(edge: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def draw_overlay(image: Image.Image, masks: Sequence[np.ndarray], *,
-                 groups: Sequence[int] | None = None, scores: Sequence[float] | None = None,
-                 prompts: Sequence[Mapping[str, Any]] | None = None,
-                 grid_points: Sequence[Sequence[float] | None] | None = None,
-                 alpha: float = 0.45, min_size: int = 0) -> Image.Image:
+def draw_overlay(
+    image: Image.Image,
+    masks: Sequence[np.ndarray],
+    *,
+    groups: Sequence[int] | None = None,
+    scores: Sequence[float] | None = None,
+    prompts: Sequence[Mapping[str, Any]] | None = None,
+    grid_points: Sequence[Sequence[float] | None] | None = None,
+    alpha: float = 0.45,
+    min_size: int = 0,
+) -> Image.Image:
     """Draw `masks` (HxW bool) over `image`.
 
     `groups[i]` picks mask i's colour (its prompt index; default: its own index),
@@ -85,16 +105,19 @@ def draw_overlay(image: Image.Image, masks: Sequence[np.ndarray], *,
         if prompt.get("box"):
             x1, y1, x2, y2 = (v * s for v in prompt["box"])
             draw.rectangle([x1, y1, x2, y2], outline=c, width=lw + 1)
-        for (x, y), label in zip(prompt.get("points") or [], prompt.get("labels") or [],
-                                 strict=False):
+        for (x, y), label in zip(
+            prompt.get("points") or [], prompt.get("labels") or [], strict=False
+        ):
             x, y = x * s, y * s
             if label:
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=c, outline=(255, 255, 255),
-                             width=max(1, lw))
+                draw.ellipse(
+                    [x - r, y - r, x + r, y + r], fill=c, outline=(255, 255, 255), width=max(1, lw)
+                )
             else:
                 for dx in (-1, 1):
-                    draw.line([x - r, y - dx * r, x + r, y + dx * r], fill=(255, 255, 255),
-                              width=lw + 2)
+                    draw.line(
+                        [x - r, y - dx * r, x + r, y + dx * r], fill=(255, 255, 255), width=lw + 2
+                    )
                     draw.line([x - r, y - dx * r, x + r, y + dx * r], fill=c, width=lw)
     for point in grid_points or []:
         if point:
@@ -121,9 +144,14 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def overlay_from_result(image: Image.Image, result: Mapping[str, Any], *,
-                        prompts: Sequence[Mapping[str, Any]] | None = None,
-                        best_only: bool = True, min_size: int = 0) -> Image.Image:
+def overlay_from_result(
+    image: Image.Image,
+    result: Mapping[str, Any],
+    *,
+    prompts: Sequence[Mapping[str, Any]] | None = None,
+    best_only: bool = True,
+    min_size: int = 0,
+) -> Image.Image:
     """Overlay of one job's `result` (the API's JSON). With `best_only`, prompt mode shows
     each object's best candidate (masks come best first within a prompt)."""
     from sam2fleet.client import decode_segmentation
@@ -140,9 +168,15 @@ def overlay_from_result(image: Image.Image, result: Mapping[str, Any], *,
                     seen.add(p)
         records = kept
     masks = [decode_segmentation(m["segmentation"]) for m in records]
-    groups = [m["prompt_index"] if m.get("prompt_index") is not None else i
-              for i, m in enumerate(records)]
-    return draw_overlay(image, masks, groups=groups,
-                        scores=[float(m["predicted_iou"]) for m in records], prompts=prompts,
-                        grid_points=[(m.get("point_coords") or [None])[0] for m in records],
-                        min_size=min_size)
+    groups = [
+        m["prompt_index"] if m.get("prompt_index") is not None else i for i, m in enumerate(records)
+    ]
+    return draw_overlay(
+        image,
+        masks,
+        groups=groups,
+        scores=[float(m["predicted_iou"]) for m in records],
+        prompts=prompts,
+        grid_points=[(m.get("point_coords") or [None])[0] for m in records],
+        min_size=min_size,
+    )

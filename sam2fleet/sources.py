@@ -49,8 +49,9 @@ class Source:
     default_category_id: int = 1  # for prompts without a category, and automatic mode
 
 
-def load_source(spec: str | Path, *, images_dir: Path | None = None,
-                exclude: Path | None = None) -> Source:
+def load_source(
+    spec: str | Path, *, images_dir: Path | None = None, exclude: Path | None = None
+) -> Source:
     """Read SOURCE as the enqueue command does; see docs/client.md for the formats."""
     text = str(spec)
     path = Path(text)
@@ -90,8 +91,9 @@ def _image_files(paths: Iterable[Path], exclude: Path | None) -> list[Path]:
 
 
 def _folder(root: Path, exclude: Path | None) -> Source:
-    files = sorted(_image_files(root.rglob("*"), exclude),
-                   key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        _image_files(root.rglob("*"), exclude), key=lambda p: p.relative_to(root).as_posix()
+    )
     items = []
     for p in files:
         rel = p.relative_to(root).as_posix()
@@ -120,7 +122,7 @@ def _glob(pattern: str, exclude: Path | None) -> Source:
 
 def _split_prompt(raw: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(raw, dict):
-        raise SourceError(f"{where}: a prompt is an object like {{\"box\": [x1, y1, x2, y2]}}")
+        raise SourceError(f'{where}: a prompt is an object like {{"box": [x1, y1, x2, y2]}}')
     api = {k: raw[k] for k in PROMPT_FIELDS if k in raw}
     meta = {k: v for k, v in raw.items() if k not in PROMPT_FIELDS}
     if "points" in api and "labels" not in api:
@@ -146,13 +148,17 @@ def _manifest(path: Path, images_dir: Path | None) -> Source:
                 raise SourceError(f"{where}: each line is a JSON object")
             name = row.get("image") or row.get("path") or row.get("file_name")
             if not isinstance(name, str):
-                raise SourceError(f"{where}: needs \"image\": \"path/to/file\"")
+                raise SourceError(f'{where}: needs "image": "path/to/file"')
             raw_prompts = list(row.get("prompts") or [])
             # Shorthand of the common tutorial shape: a list of boxes, or one click set.
             raw_prompts += [{"box": b} for b in row.get("boxes") or []]
             if row.get("points"):
-                raw_prompts.append({"points": row["points"], "labels": row.get("labels")
-                                    or [1] * len(row["points"])})
+                raw_prompts.append(
+                    {
+                        "points": row["points"],
+                        "labels": row.get("labels") or [1] * len(row["points"]),
+                    }
+                )
             prompts, meta = [], []
             for raw in raw_prompts:
                 api, m = _split_prompt(raw, where)
@@ -164,8 +170,17 @@ def _manifest(path: Path, images_dir: Path | None) -> Source:
                 key = f"{key}#{seen[key]}"
             image_path = Path(name) if Path(name).is_absolute() else base / name
             image_id = row.get("image_id")
-            items.append(Item(key, image_path, name, prompts, meta,
-                              image_id if isinstance(image_id, int) else None, row.get("mode")))
+            items.append(
+                Item(
+                    key,
+                    image_path,
+                    name,
+                    prompts,
+                    meta,
+                    image_id if isinstance(image_id, int) else None,
+                    row.get("mode"),
+                )
+            )
     return _with_categories(Source("manifest", items, []))
 
 
@@ -199,7 +214,7 @@ def _coco(path: Path, images_dir: Path | None) -> Source:
     except json.JSONDecodeError as exc:
         raise SourceError(f"{path}: not JSON ({exc.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise SourceError(f"{path}: a COCO file has an \"images\" list (and \"annotations\")")
+        raise SourceError(f'{path}: a COCO file has an "images" list (and "annotations")')
     base = images_dir or path.parent
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for ann in data.get("annotations") or []:
@@ -221,8 +236,9 @@ def _coco(path: Path, images_dir: Path | None) -> Source:
             if x2 <= x1 or y2 <= y1:
                 continue
             prompts.append({"box": [x1, y1, x2, y2]})
-            meta.append({"category_id": ann.get("category_id", 1),
-                         "source_annotation_id": ann.get("id")})
+            meta.append(
+                {"category_id": ann.get("category_id", 1), "source_annotation_id": ann.get("id")}
+            )
         items.append(Item(name, base / name, name, prompts, meta, img["id"]))
     cats = list(data.get("categories") or [])
     ids = {c["id"] for c in cats}

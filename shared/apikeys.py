@@ -28,9 +28,11 @@ def list_keys(client: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
 
 def revoke(client: redis.Redis, keys: Keys, name_or_digest: str) -> int:
     """Remove keys by name or by (a prefix of at least 8 characters of) their digest."""
-    gone = [d for name, d in list_keys(client, keys)
-            if name == name_or_digest
-            or (len(name_or_digest) >= 8 and d.startswith(name_or_digest))]
+    gone = [
+        d
+        for name, d in list_keys(client, keys)
+        if name == name_or_digest or (len(name_or_digest) >= 8 and d.startswith(name_or_digest))
+    ]
     if gone:
         client.hdel(keys.api_keys(), *gone)
     return len(gone)

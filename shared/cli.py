@@ -18,12 +18,21 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run Redis, the workers and the API on this machine")
     up.add_argument("--host", default=None, help="API address (default SAM2FLEET_HOST)")
     up.add_argument("--port", type=int, default=None, help="API port (default SAM2FLEET_PORT)")
-    up.add_argument("--workers", type=int, default=None,
-                    help="worker count (default: one per visible GPU, else one CPU worker)")
-    up.add_argument("--data-dir", type=Path, default=Path("var"),
-                    help="folder for the Redis data of a Redis started here (default ./var)")
-    up.add_argument("--no-download", action="store_true",
-                    help="do not fetch a missing checkpoint; fail instead")
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker count (default: one per visible GPU, else one CPU worker)",
+    )
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var"),
+        help="folder for the Redis data of a Redis started here (default ./var)",
+    )
+    up.add_argument(
+        "--no-download", action="store_true", help="do not fetch a missing checkpoint; fail instead"
+    )
 
     worker = sub.add_parser("worker", help="run one Celery worker holding one SAM 2 model")
     worker.add_argument("--name", default="worker", help="Celery node name")
@@ -36,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = sub.add_parser("checkpoints", help="manage Meta's SAM 2.1 checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
     dl = ckpt_sub.add_parser("download", help="download, resume and verify checkpoints")
-    dl.add_argument("model", nargs="?", default=None,
-                    help=f"one of {', '.join(MODELS)}, or `all` (default SAM2FLEET_MODEL)")
+    dl.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help=f"one of {', '.join(MODELS)}, or `all` (default SAM2FLEET_MODEL)",
+    )
     ckpt_sub.add_parser("list", help="known models, files and pinned sha256")
 
     keys = sub.add_parser("keys", help="manage API keys (stored in Redis as sha256 digests)")
@@ -83,8 +96,13 @@ def _up(args: argparse.Namespace) -> int:
         if _download(settings.model, settings) != 0:
             say(_missing_weights_message(settings))
             return 2
-    fleet = Fleet(settings, args.host or settings.host, args.port or settings.port,
-                  args.data_dir, workers=args.workers)
+    fleet = Fleet(
+        settings,
+        args.host or settings.host,
+        args.port or settings.port,
+        args.data_dir,
+        workers=args.workers,
+    )
     return fleet.run()
 
 
@@ -117,15 +135,27 @@ def _worker(args: argparse.Namespace) -> int:
     except ModelUnavailable as exc:
         print(f"sam2fleet worker: {exc.message}", file=sys.stderr)
         return 2
-    print(f"sam2fleet worker: {settings.model} from {weights.path} ({weights.kind} weights)",
-          flush=True)
+    print(
+        f"sam2fleet worker: {settings.model} from {weights.path} ({weights.kind} weights)",
+        flush=True,
+    )
     argv = [
-        "celery", "-A", "worker.celery_app", "worker",
-        "--pool", "prefork", "--concurrency", "1",  # one model per worker, in a child
-        "-Q", settings.queue_for(settings.model),
-        "--hostname", f"{args.name}@%h",
-        "--without-gossip", "--without-mingle",
-        "--loglevel", args.loglevel,
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "1",  # one model per worker, in a child
+        "-Q",
+        settings.queue_for(settings.model),
+        "--hostname",
+        f"{args.name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        args.loglevel,
     ]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
     return 0  # not reached
@@ -139,8 +169,14 @@ def _api(args: argparse.Namespace) -> int:
     settings = get_settings()
     configure_logging(settings.log_format, "INFO", service="api")
     # log_config=None: uvicorn's loggers propagate to the root handler set up above.
-    uvicorn.run("api.main:app", host=args.host or settings.host, port=args.port or settings.port,
-                log_level="info", proxy_headers=False, log_config=None)
+    uvicorn.run(
+        "api.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level="info",
+        proxy_headers=False,
+        log_config=None,
+    )
     return 0
 
 
@@ -186,8 +222,9 @@ def _download(name: str, settings: Settings) -> int:
         print(f"unknown model {name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
         return 2
     try:
-        path = download_checkpoint(spec, settings.checkpoint_dir,
-                                   base_url=settings.checkpoint_base_url)
+        path = download_checkpoint(
+            spec, settings.checkpoint_dir, base_url=settings.checkpoint_base_url
+        )
     except ChecksumMismatch as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1

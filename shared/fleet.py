@@ -70,8 +70,9 @@ class Fleet:
         gpus = self.visible_gpus()
         slots: list[tuple[str, dict[str, str]]]
         if gpus:
-            slots = [(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g, "SAM2FLEET_DEVICE": "cuda"})
-                     for g in gpus]
+            slots = [
+                (f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g, "SAM2FLEET_DEVICE": "cuda"}) for g in gpus
+            ]
         else:
             slots = [("cpu", {"SAM2FLEET_DEVICE": "cpu"})]
         if self.workers is not None:
@@ -80,15 +81,20 @@ class Fleet:
         for i, (device, extra) in enumerate(slots):
             name = f"worker{i}-{device}"
             if self.settings.worker_metrics_port:  # one metrics port per worker: base + i
-                extra = {**extra, "SAM2FLEET_WORKER_METRICS_PORT":
-                         str(self.settings.worker_metrics_port + i)}
-            self.children.append(Child(
-                name, [py, "-m", "shared.cli", "worker", "--name", name], {**env, **extra}
-            ))
-        self.children.append(Child(
-            "api", [py, "-m", "shared.cli", "api", "--host", self.host, "--port", str(self.port)],
-            env,
-        ))
+                extra = {
+                    **extra,
+                    "SAM2FLEET_WORKER_METRICS_PORT": str(self.settings.worker_metrics_port + i),
+                }
+            self.children.append(
+                Child(name, [py, "-m", "shared.cli", "worker", "--name", name], {**env, **extra})
+            )
+        self.children.append(
+            Child(
+                "api",
+                [py, "-m", "shared.cli", "api", "--host", self.host, "--port", str(self.port)],
+                env,
+            )
+        )
 
     def run(self) -> int:
         self.redis = ensure_redis(self.settings.redis_url, self.data_dir / "redis")
@@ -126,9 +132,11 @@ class Fleet:
             # instead of in a tight loop.
             quick = now - child.started_at < 10
             if child.backoff_until == 0.0 and quick and child.restarts:
-                child.backoff_until = now + min(30.0, 2.0 ** child.restarts)
-                say(f"{child.name}: exited with {code}; retrying in "
-                    f"{child.backoff_until - now:.0f}s")
+                child.backoff_until = now + min(30.0, 2.0**child.restarts)
+                say(
+                    f"{child.name}: exited with {code}; retrying in "
+                    f"{child.backoff_until - now:.0f}s"
+                )
                 continue
             child.backoff_until = 0.0
             child.restarts += 1
@@ -177,8 +185,8 @@ def curl_example(base: str, model: str) -> str:
     return (
         f"  IMG=$(base64 -w0 your.jpg)\n"
         f"  curl -s {base}/v1/jobs -H 'content-type: application/json' \\\n"
-        f"    -d '{{\"image\": \"'$IMG'\", \"model\": \"{model}\", "
-        f"\"prompts\": [{{\"points\": [[100, 100]], \"labels\": [1]}}]}}'\n"
+        f'    -d \'{{"image": "\'$IMG\'", "model": "{model}", '
+        f'"prompts": [{{"points": [[100, 100]], "labels": [1]}}]}}\'\n'
         f"  curl -s '{base}/v1/jobs/<id>?wait=30'"
     )
 

@@ -72,20 +72,37 @@ def free_port(preferred: int | None = None) -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(binary: str, data_dir: Path, port: int, *, appendonly: bool = True,
-                 log_file: Path | None = None) -> subprocess.Popen[bytes]:
+def start_server(
+    binary: str, data_dir: Path, port: int, *, appendonly: bool = True, log_file: Path | None = None
+) -> subprocess.Popen[bytes]:
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir.resolve()),
-        "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-        "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
-        "--logfile", str((log_file or data_dir / "redis.log").resolve()),
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir.resolve()),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--protected-mode",
+        "yes",
+        "--logfile",
+        str((log_file or data_dir / "redis.log").resolve()),
     ]
     return subprocess.Popen(args, stdin=subprocess.DEVNULL)
 
 
-def wait_until_answers(url: str, process: subprocess.Popen[bytes] | None,
-                       timeout: float = 15.0) -> None:
+def wait_until_answers(
+    url: str, process: subprocess.Popen[bytes] | None, timeout: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if answers(url, timeout=0.5):

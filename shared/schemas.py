@@ -163,8 +163,9 @@ class Timings(BaseModel):
     predict_s: float = 0.0
     encode_s: float = 0.0
     embedding_cache_hit: bool | None = Field(
-        None, description="Prompt mode: the image's embedding came from the worker's cache "
-        "(no fetch, decode or encoder run)."
+        None,
+        description="Prompt mode: the image's embedding came from the worker's cache "
+        "(no fetch, decode or encoder run).",
     )
 
 
@@ -203,4 +204,3 @@ class ModelPublic(BaseModel):
     default: bool
     workers: int = Field(description="Workers serving it now (warm and heard from recently).")
     queued: int = Field(description="Jobs waiting in its queue.")
-

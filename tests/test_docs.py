@@ -8,8 +8,11 @@ from tests.support import ROOT
 
 def test_readme_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
-    missing = [f"SAM2FLEET_{name.upper()}" for name in Settings.model_fields
-               if f"`SAM2FLEET_{name.upper()}`" not in readme]
+    missing = [
+        f"SAM2FLEET_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`SAM2FLEET_{name.upper()}`" not in readme
+    ]
     assert missing == []
 
 

@@ -57,7 +57,8 @@ def _consume_private_queue(sender: str, instance: object, **_: object) -> None:
     # because it holds their image's embedding (image affinity).
     settings = get_settings()
     instance.app.amqp.queues.select_add(  # type: ignore[attr-defined]
-        settings.private_queue(sender, os.getpid()))
+        settings.private_queue(sender, os.getpid())
+    )
 
 
 @worker_process_init.connect
@@ -71,8 +72,12 @@ def _unregister(**_: object) -> None:
 
 
 @task_failure.connect
-def _hard_time_limit(sender: object = None, exception: BaseException | None = None,
-                     args: tuple | list | None = None, **_: object) -> None:
+def _hard_time_limit(
+    sender: object = None,
+    exception: BaseException | None = None,
+    args: tuple | list | None = None,
+    **_: object,
+) -> None:
     # A job past its hard limit is killed with its pool process, so it cannot write
     # its own failure; Celery reports it here, in the supervising process.
     if not isinstance(exception, TimeLimitExceeded) or not args:
@@ -87,7 +92,10 @@ def _hard_time_limit(sender: object = None, exception: BaseException | None = No
     try:
         JobStore(client, Keys(settings.key_prefix), retry_s=settings.redis_retry_s).fail(
             str(args[0]),
-            {"type": "timeout", "message": "the job ran past its hard time limit; its worker "
-             "process was replaced"})
+            {
+                "type": "timeout",
+                "message": "the job ran past its hard time limit; its worker process was replaced",
+            },
+        )
     finally:
         client.close()

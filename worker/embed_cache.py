@@ -47,8 +47,9 @@ class EmbeddingCache:
         self.hits += 1
         return item
 
-    def put(self, key: tuple[str, ...], features: dict[str, Any],
-            orig_hw: list[tuple[int, int]]) -> None:
+    def put(
+        self, key: tuple[str, ...], features: dict[str, Any], orig_hw: list[tuple[int, int]]
+    ) -> None:
         item = Embedding(features, list(orig_hw), _nbytes(features))
         if item.nbytes > self.max_bytes:
             return  # larger than the whole budget: not worth evicting everything for

@@ -83,14 +83,18 @@ class FastAutomaticMaskGenerator:
         if output_mode != "coco_rle":
             raise ValueError("FastAutomaticMaskGenerator emits coco_rle only")
         if use_m2m or not multimask_output:
-            raise ValueError("FastAutomaticMaskGenerator supports use_m2m=False, "
-                             "multimask_output=True only; use Meta's generator")
+            raise ValueError(
+                "FastAutomaticMaskGenerator supports use_m2m=False, "
+                "multimask_output=True only; use Meta's generator"
+            )
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids")
         self.point_grids = (
-            build_all_layer_point_grids(points_per_side, crop_n_layers,
-                                        crop_n_points_downscale_factor)
-            if points_per_side is not None else point_grids
+            build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+            if points_per_side is not None
+            else point_grids
         )
         # Same predictor Meta's generator builds: `set_image` once per crop (the
         # pipeline wraps it), and the same mask post-processing (hole filling).
@@ -119,17 +123,24 @@ class FastAutomaticMaskGenerator:
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
         )
-        parts = [self._process_crop(image, box, layer, orig_size)
-                 for box, layer in zip(crop_boxes, layer_idxs, strict=True)]
+        parts = [
+            self._process_crop(image, box, layer, orig_size)
+            for box, layer in zip(crop_boxes, layer_idxs, strict=True)
+        ]
         data = _cat(parts)
         if len(crop_boxes) > 1 and len(data["rles"]) > 0:
             scores = 1 / box_area(data["crop_boxes"])
-            keep = batched_nms(data["boxes"].float(), scores,
-                               torch.zeros_like(data["boxes"][:, 0]),
-                               iou_threshold=self.crop_nms_thresh)
+            keep = batched_nms(
+                data["boxes"].float(),
+                scores,
+                torch.zeros_like(data["boxes"][:, 0]),
+                iou_threshold=self.crop_nms_thresh,
+            )
             data = _filter(data, keep)
-        arrays = {k: (v.float().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-                  for k, v in data.items()}
+        arrays = {
+            k: (v.float().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+            for k, v in data.items()
+        }
         return [
             {
                 "segmentation": arrays["rles"][i],
@@ -144,8 +155,9 @@ class FastAutomaticMaskGenerator:
         ]
 
     # ------------------------------------------------------------------ crops
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_idx: int,
-                      orig_size: tuple[int, ...]) -> dict[str, Any]:
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, ...]
+    ) -> dict[str, Any]:
         from sam2.utils.amg import uncrop_boxes_xyxy, uncrop_points
 
         x0, y0, x1, y1 = crop_box
@@ -158,25 +170,37 @@ class FastAutomaticMaskGenerator:
         batch = max(1, min(self.points_per_batch, self.max_points_per_call))
         parts = []
         for start in range(0, len(points_for_image), batch):
-            points = torch.as_tensor(points_for_image[start:start + batch],
-                                     dtype=torch.float32, device=self.predictor.device)
+            points = torch.as_tensor(
+                points_for_image[start : start + batch],
+                dtype=torch.float32,
+                device=self.predictor.device,
+            )
             parts.append(self._process_batch(points, crop_size, crop_box, orig_size, shared))
         self.predictor.reset_predictor()
         data = _cat(parts)
         if len(data["rles"]) > 0:
-            keep = batched_nms(data["boxes"].float(), data["iou_preds"],
-                               torch.zeros_like(data["boxes"][:, 0]),
-                               iou_threshold=self.box_nms_thresh)
+            keep = batched_nms(
+                data["boxes"].float(),
+                data["iou_preds"],
+                torch.zeros_like(data["boxes"][:, 0]),
+                iou_threshold=self.box_nms_thresh,
+            )
             data = _filter(data, keep)
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = torch.tensor([crop_box], dtype=torch.int64).repeat(
-            len(data["rles"]), 1)
+            len(data["rles"]), 1
+        )
         return data
 
-    def _process_batch(self, points: torch.Tensor, crop_size: tuple[int, ...],
-                       crop_box: list[int], orig_size: tuple[int, ...],
-                       shared: dict[str, Any]) -> dict[str, Any]:
+    def _process_batch(
+        self,
+        points: torch.Tensor,
+        crop_size: tuple[int, ...],
+        crop_box: list[int],
+        orig_size: tuple[int, ...],
+        shared: dict[str, Any],
+    ) -> dict[str, Any]:
         from sam2.utils.amg import (
             batched_mask_to_box,
             calculate_stability_score,
@@ -191,34 +215,46 @@ class FastAutomaticMaskGenerator:
         n_masks = iou_preds.shape[1]
         iou_flat = iou_preds.flatten(0, 1)
         points_flat = points.repeat_interleave(n_masks, dim=0)
-        keep = (iou_flat > self.pred_iou_thresh if self.pred_iou_thresh > 0.0
-                else torch.ones_like(iou_flat, dtype=torch.bool))
+        keep = (
+            iou_flat > self.pred_iou_thresh
+            if self.pred_iou_thresh > 0.0
+            else torch.ones_like(iou_flat, dtype=torch.bool)
+        )
         # `low_res` holds only points with a surviving mask; map mask rows to it.
         idx = keep.nonzero().squeeze(1)
         low_rows = low_res.flatten(0, 1)
 
-        out: dict[str, list[Any]] = {k: [] for k in
-                                     ("iou_preds", "points", "stability_score", "boxes")}
+        out: dict[str, list[Any]] = {
+            k: [] for k in ("iou_preds", "points", "stability_score", "boxes")
+        }
         rles: list[dict[str, Any]] = []
         areas: list[int] = []
         for start in range(0, len(idx), self.upsample_chunk):
-            sel = idx[start:start + self.upsample_chunk]
+            sel = idx[start : start + self.upsample_chunk]
             rows = low_rows[row_map[sel]]
-            logits = self.predictor._transforms.postprocess_masks(
-                rows.unsqueeze(1), crop_size)[:, 0]
+            logits = self.predictor._transforms.postprocess_masks(rows.unsqueeze(1), crop_size)[
+                :, 0
+            ]
             stability = calculate_stability_score(
-                logits, self.mask_threshold, self.stability_score_offset)
-            ok = (stability >= self.stability_score_thresh
-                  if self.stability_score_thresh > 0.0
-                  else torch.ones_like(stability, dtype=torch.bool))
+                logits, self.mask_threshold, self.stability_score_offset
+            )
+            ok = (
+                stability >= self.stability_score_thresh
+                if self.stability_score_thresh > 0.0
+                else torch.ones_like(stability, dtype=torch.bool)
+            )
             masks = logits[ok] > self.mask_threshold
             del logits
             sel, stability = sel[ok], stability[ok]
             boxes = batched_mask_to_box(masks)
             edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
             if not torch.all(edge_ok):
-                masks, sel, stability, boxes = (masks[edge_ok], sel[edge_ok],
-                                                stability[edge_ok], boxes[edge_ok])
+                masks, sel, stability, boxes = (
+                    masks[edge_ok],
+                    sel[edge_ok],
+                    stability[edge_ok],
+                    boxes[edge_ok],
+                )
             if len(sel) == 0:
                 continue
             areas.extend(int(a) for a in masks.flatten(1).sum(1, dtype=torch.int64).tolist())
@@ -245,7 +281,8 @@ class FastAutomaticMaskGenerator:
         feats = self.predictor._features
         image_embed = feats["image_embed"][-1].unsqueeze(0)
         dense = pe_enc.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, pe_enc.image_embedding_size[0], pe_enc.image_embedding_size[1])
+            1, -1, pe_enc.image_embedding_size[0], pe_enc.image_embedding_size[1]
+        )
         src = image_embed + dense  # Meta: repeat_interleave(image) + dense, per point
         image_pe = pe_enc.get_dense_pe()
         keys0 = src.flatten(2).permute(0, 2, 1)
@@ -263,8 +300,9 @@ class FastAutomaticMaskGenerator:
             "high_res": [f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
         }
 
-    def _decode(self, points: torch.Tensor, crop_size: tuple[int, ...],
-                shared: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, points: torch.Tensor, crop_size: tuple[int, ...], shared: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Meta's `_predict` + `MaskDecoder.predict_masks` for single foreground
         points, multimask output. Returns low-res logits of the points that have a
         mask above the IoU threshold, the predicted IoUs of all points, and for
@@ -274,16 +312,19 @@ class FastAutomaticMaskGenerator:
         model = self.predictor.model
         dec = model.sam_mask_decoder
         in_points = self.predictor._transforms.transform_coords(
-            points, normalize=True, orig_hw=crop_size)
+            points, normalize=True, orig_hw=crop_size
+        )
         labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
         sparse, _dense = model.sam_prompt_encoder(
-            points=(in_points[:, None, :], labels[:, None]), boxes=None, masks=None)
+            points=(in_points[:, None, :], labels[:, None]), boxes=None, masks=None
+        )
         bsz = sparse.shape[0]
 
         s = 0
         if dec.pred_obj_scores:
             output_tokens = torch.cat(
-                [dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], 0)
+                [dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], 0
+            )
             s = 1
         else:
             output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
@@ -320,7 +361,7 @@ class FastAutomaticMaskGenerator:
         hs = tr.norm_final_attn(queries + attn_out)
 
         iou_token_out = hs[:, s, :]
-        mask_tokens_out = hs[:, s + 1: (s + 1 + dec.num_mask_tokens), :]
+        mask_tokens_out = hs[:, s + 1 : (s + 1 + dec.num_mask_tokens), :]
         iou_all = dec.iou_prediction_head(iou_token_out)
         iou_pred = iou_all[:, 1:]  # multimask output
 
@@ -333,8 +374,9 @@ class FastAutomaticMaskGenerator:
         row_of_point = torch.full((bsz,), -1, dtype=torch.long, device=hs.device)
         row_of_point[pidx] = torch.arange(len(pidx), device=hs.device)
         n_out = iou_pred.shape[1]
-        row_map = (row_of_point.repeat_interleave(n_out) * n_out
-                         + torch.arange(n_out, device=hs.device).repeat(bsz))
+        row_map = row_of_point.repeat_interleave(n_out) * n_out + torch.arange(
+            n_out, device=hs.device
+        ).repeat(bsz)
         _, c, h, w = shared["src_shape"].tolist()
         if len(pidx) == 0:
             return hs.new_zeros((0, n_out, h * 4, w * 4)), iou_pred, row_map
@@ -350,8 +392,12 @@ class FastAutomaticMaskGenerator:
             upscaled = act1(ln1(dc1(src) + feat_s1))
             upscaled = act2(dc2(upscaled) + feat_s0)
         hyper_in = torch.stack(
-            [dec.output_hypernetworks_mlps[i](sub_tokens[:, i, :])
-             for i in range(dec.num_mask_tokens)], dim=1)
+            [
+                dec.output_hypernetworks_mlps[i](sub_tokens[:, i, :])
+                for i in range(dec.num_mask_tokens)
+            ],
+            dim=1,
+        )
         b, c2, h2, w2 = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
         return masks[:, 1:], iou_pred, row_map
@@ -361,12 +407,15 @@ def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
     """COCO compressed RLE of N x H x W bool masks in one pycocotools call."""
     arr = masks.transpose(1, 2).contiguous().cpu().numpy().view(np.uint8)  # N,W,H
     rles = mask_utils.encode(arr.transpose(2, 1, 0))  # H,W,N Fortran-ordered
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode()}
-            for r in rles]
+    return [
+        {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode()}
+        for r in rles
+    ]
 
 
-def _cat_t(parts: list[torch.Tensor], empty_shape: tuple[int, ...],
-           dtype: torch.dtype) -> torch.Tensor:
+def _cat_t(
+    parts: list[torch.Tensor], empty_shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
     return torch.cat(parts, dim=0) if parts else torch.zeros(empty_shape, dtype=dtype)
 
 
@@ -374,12 +423,17 @@ def _cat(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in parts[0]:
         vals = [p[key] for p in parts]
-        out[key] = (torch.cat(vals, dim=0) if isinstance(vals[0], torch.Tensor)
-                    else [x for v in vals for x in v])
+        out[key] = (
+            torch.cat(vals, dim=0)
+            if isinstance(vals[0], torch.Tensor)
+            else [x for v in vals for x in v]
+        )
     return out
 
 
 def _filter(data: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
     idx = keep.tolist()
-    return {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in idx])
-            for k, v in data.items()}
+    return {
+        k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in idx])
+        for k, v in data.items()
+    }

@@ -43,11 +43,13 @@ def inject(store: JobStore, image_id: str, spec: JobSpec) -> None:
                 pass
     elif kind == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif kind == "oom" or (kind == "oom_above" and spec.mode == "auto"
-                           and spec.auto.points_per_batch > int(arg)):
+    elif kind == "oom" or (
+        kind == "oom_above" and spec.mode == "auto" and spec.auto.points_per_batch > int(arg)
+    ):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
     elif kind in ("cuda_error", "cuda_error_once"):
         if kind == "cuda_error_once":
             store.redis.delete(store.keys.fault(image_id))
-        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered "
-                                     "(injected)")
+        raise torch.AcceleratorError(
+            "CUDA error: an illegal memory access was encountered (injected)"
+        )

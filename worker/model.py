@@ -83,8 +83,12 @@ class SegmentationModel:
         )
         log.info(
             "loaded %s (%s weights, sha256 %s) on %s at %d px in %.1fs",
-            self.stamp.name, self.stamp.weights, self.checkpoint_sha256[:12],
-            self.device, self.image_size, self.load_seconds,
+            self.stamp.name,
+            self.stamp.weights,
+            self.checkpoint_sha256[:12],
+            self.device,
+            self.image_size,
+            self.load_seconds,
         )
 
     @torch.inference_mode()
@@ -115,12 +119,8 @@ class SegmentationModel:
             # One call per object: objects may differ in their number of points,
             # which SAM 2's batched decoder cannot mix in one tensor.
             logits, scores, _ = self.predictor.predict(
-                point_coords=np.asarray(prompt.points, dtype=np.float32)
-                if prompt.points
-                else None,
-                point_labels=np.asarray(prompt.labels, dtype=np.int32)
-                if prompt.labels
-                else None,
+                point_coords=np.asarray(prompt.points, dtype=np.float32) if prompt.points else None,
+                point_labels=np.asarray(prompt.labels, dtype=np.int32) if prompt.labels else None,
                 box=np.asarray(prompt.box, dtype=np.float32) if prompt.box else None,
                 multimask_output=multimask,
                 return_logits=True,

@@ -35,8 +35,13 @@ def run_job(
     to stop the job there (cancellation) or inject a fault (tests). With a
     `cache_key`, a prompt job on an image whose embedding the model still holds
     skips fetching, decoding and encoding the image altogether."""
-    timings: dict[str, Any] = {"queue_s": queue_s, "decode_s": 0.0, "embed_s": 0.0,
-                               "predict_s": 0.0, "encode_s": 0.0}
+    timings: dict[str, Any] = {
+        "queue_s": queue_s,
+        "decode_s": 0.0,
+        "embed_s": 0.0,
+        "predict_s": 0.0,
+        "encode_s": 0.0,
+    }
     size = None
     if spec.mode == "prompt" and cache_key is not None:
         size = model.restore(cache_key)

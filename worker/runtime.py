@@ -97,14 +97,21 @@ def start(settings: Settings) -> Runtime:
         torch.set_num_threads(settings.torch_threads)
     model = SegmentationModel(settings)
     client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-        health_check_interval=30, retry_on_timeout=True,
+        settings.redis_url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
     )
     runtime = Runtime(
         settings=settings,
         model=model,
-        store=JobStore(client, Keys(settings.key_prefix), max_attempts=settings.max_attempts,
-                       retry_s=settings.redis_retry_s),
+        store=JobStore(
+            client,
+            Keys(settings.key_prefix),
+            max_attempts=settings.max_attempts,
+            retry_s=settings.redis_retry_s,
+        ),
         clearer=CacheClearer(
             settings.cuda_empty_cache, settings.cuda_empty_cache_threshold_bytes, model.device
         ),
@@ -118,8 +125,9 @@ def start(settings: Settings) -> Runtime:
     runtime.warm = True
     observe(runtime, seconds)  # metrics: wraps runtime.store, serves /metrics
     log.info("warm-up inference took %.2fs; worker %s ready", seconds, runtime.name)
-    threading.Thread(target=_heartbeat_loop, args=(runtime,), daemon=True,
-                     name="sam2fleet-heartbeat").start()
+    threading.Thread(
+        target=_heartbeat_loop, args=(runtime,), daemon=True, name="sam2fleet-heartbeat"
+    ).start()
     _current = runtime
     return runtime
 

@@ -61,8 +61,9 @@ T = TypeVar("T")
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, keys: Keys, *, max_attempts: int = 3,
-                 retry_s: float = 30.0) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, max_attempts: int = 3, retry_s: float = 30.0
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.max_attempts = max_attempts
@@ -80,20 +81,24 @@ class JobStore:
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise
-                log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__,
-                            delay)
+                log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     def start(self, job_id: str) -> dict[str, str] | None:
         """Mark the job running; None when it is gone, cancelled, done or out of attempts."""
-        error = json.dumps({
-            "type": "worker_crashed",
-            "message": f"the job's worker died on each of its {self.max_attempts} attempts",
-        })
-        state = self._retrying(lambda: self._start(
-            keys=[self.keys.job(job_id), self.keys.done(job_id)],
-            args=[time.time(), self.max_attempts, error]))
+        error = json.dumps(
+            {
+                "type": "worker_crashed",
+                "message": f"the job's worker died on each of its {self.max_attempts} attempts",
+            }
+        )
+        state = self._retrying(
+            lambda: self._start(
+                keys=[self.keys.job(job_id), self.keys.done(job_id)],
+                args=[time.time(), self.max_attempts, error],
+            )
+        )
         if state != b"running":
             return None
         return decode_hash(self._retrying(lambda: self.redis.hgetall(self.keys.job(job_id))))
@@ -117,8 +122,11 @@ class JobStore:
 
     def _terminal(self, job_id: str, status: str, result: str, error: str) -> bool:
         keys = [self.keys.job(job_id), self.keys.result(job_id), self.keys.done(job_id)]
-        return bool(self._retrying(
-            lambda: self._finish(keys=keys, args=[status, result, error, time.time()])))
+        return bool(
+            self._retrying(
+                lambda: self._finish(keys=keys, args=[status, result, error, time.time()])
+            )
+        )
 
     def heartbeat(self, name: str, fields: dict[str, Any], ttl_s: float) -> None:
         key = self.keys.worker(name)

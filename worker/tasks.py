@@ -82,14 +82,18 @@ def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, 
         return data
 
     # Keyed by owner too: one key's upload never answers another key's job.
-    cache_key = (rt.model.stamp.name, owner, image_id) \
-        if rt.settings.embedding_cache_bytes > 0 else None
+    cache_key = (
+        (rt.model.stamp.name, owner, image_id) if rt.settings.embedding_cache_bytes > 0 else None
+    )
     notes: list[str] = []
     while True:
         checkpoint = _checkpoint(rt, job_id, image_id, spec)
         try:
             result = run_job(
-                rt.model, spec, image_id, load_image,
+                rt.model,
+                spec,
+                image_id,
+                load_image,
                 max_pixels=rt.settings.max_image_pixels,
                 queue_s=round(time.time() - float(record["created_at"]), 6),
                 checkpoint=checkpoint,
@@ -98,8 +102,9 @@ def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, 
         except torch.OutOfMemoryError:
             _release_memory(rt)
             spec = _with_less_work(spec, rt.settings.oom_min_points_per_batch)
-            notes.append(f"out of memory; retried with points_per_batch="
-                         f"{spec.auto.points_per_batch}")
+            notes.append(
+                f"out of memory; retried with points_per_batch={spec.auto.points_per_batch}"
+            )
             log.warning("job %s: %s", job_id, notes[-1])
             continue
         result["notes"] = notes + result.get("notes", [])
@@ -108,8 +113,9 @@ def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, 
         return result
 
 
-def _checkpoint(rt: runtime.Runtime, job_id: str, image_id: str, spec: JobSpec
-                ) -> Callable[[str], None]:
+def _checkpoint(
+    rt: runtime.Runtime, job_id: str, image_id: str, spec: JobSpec
+) -> Callable[[str], None]:
     def checkpoint(stage: str) -> None:
         if rt.store.status(job_id) == "cancelled":
             raise JobCancelled
@@ -122,10 +128,13 @@ def _checkpoint(rt: runtime.Runtime, job_id: str, image_id: str, spec: JobSpec
 def _with_less_work(spec: JobSpec, floor: int) -> JobSpec:
     ppb = spec.auto.points_per_batch
     if spec.mode != "auto" or ppb // 2 < floor:
-        raise InputTooLarge("the job does not fit in GPU memory even with the least work in "
-                            "flight; send a smaller image or fewer crop layers")
-    return spec.model_copy(update={"auto": spec.auto.model_copy(
-        update={"points_per_batch": ppb // 2})})
+        raise InputTooLarge(
+            "the job does not fit in GPU memory even with the least work in "
+            "flight; send a smaller image or fewer crop layers"
+        )
+    return spec.model_copy(
+        update={"auto": spec.auto.model_copy(update={"points_per_batch": ppb // 2})}
+    )
 
 
 def _release_memory(rt: runtime.Runtime) -> None:

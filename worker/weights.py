@@ -88,4 +88,3 @@ def resolve_weights(settings: Settings) -> ResolvedWeights:
         "checkpoint file, or opt into random weights (speed tests only) with "
         "SAM2FLEET_RANDOM_WEIGHTS=1."
     )
-

@@ -29,39 +29,54 @@ Coord = Annotated[float, Field(allow_inf_nan=False)]
 class SegmentRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # tutorial clients send assorted extras
 
-    image_base64: str = Field(description="The image file (PNG, JPEG, WebP) as base64; a "
-                              "`data:image/...;base64,` prefix is accepted.")
+    image_base64: str = Field(
+        description="The image file (PNG, JPEG, WebP) as base64; a "
+        "`data:image/...;base64,` prefix is accepted."
+    )
     prompt_type: Literal["point", "box", "auto"] = Field(
-        "point", description="`point`: all points are one object; `box`: one object per "
-        "box; `auto`: segment everything.")
+        "point",
+        description="`point`: all points are one object; `box`: one object per "
+        "box; `auto`: segment everything.",
+    )
     points: list[Annotated[list[Coord], Field(min_length=2, max_length=2)]] | None = Field(
-        None, description="[[x, y], ...] in pixels of the displayed image.")
+        None, description="[[x, y], ...] in pixels of the displayed image."
+    )
     point_labels: list[Literal[0, 1]] | None = Field(
-        None, description="One per point, 1 foreground / 0 background; default all 1. "
-        "`labels` is accepted too.")
+        None,
+        description="One per point, 1 foreground / 0 background; default all 1. "
+        "`labels` is accepted too.",
+    )
     labels: list[Literal[0, 1]] | None = Field(None, description="Alias of `point_labels`.")
     boxes: list[Annotated[list[Coord], Field(min_length=4, max_length=4)]] | None = Field(
-        None, description="[[x1, y1, x2, y2], ...]; one object each.")
+        None, description="[[x1, y1, x2, y2], ...]; one object each."
+    )
     confidence_threshold: float = Field(
-        0.0, ge=0.0, le=1.0, description="Drop masks whose predicted IoU is below this.")
+        0.0, ge=0.0, le=1.0, description="Drop masks whose predicted IoU is below this."
+    )
     multimask_output: bool | None = Field(
-        None, description="Three candidates per object. Default: true for a single "
-        "point (ambiguous), false otherwise.")
+        None,
+        description="Three candidates per object. Default: true for a single "
+        "point (ambiguous), false otherwise.",
+    )
     model: str | None = Field(None, description="Model variant; the server default if omitted.")
-    points_per_side: int | None = Field(None, ge=1, le=128,
-                                        description="prompt_type=auto: grid density.")
-    timeout_s: float | None = Field(None, gt=0.0, le=600.0,
-                                    description="How long to wait for the job (default "
-                                    "SAM2FLEET_MAX_WAIT_S).")
+    points_per_side: int | None = Field(
+        None, ge=1, le=128, description="prompt_type=auto: grid density."
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=600.0,
+        description="How long to wait for the job (default SAM2FLEET_MAX_WAIT_S).",
+    )
 
 
 class SegmentResponse(BaseModel):
-    masks_base64: list[str] = Field(description="One PNG (1 bit, 0/1 = 0/255) per mask, "
-                                    "best score first.")
+    masks_base64: list[str] = Field(
+        description="One PNG (1 bit, 0/1 = 0/255) per mask, best score first."
+    )
     scores: list[float] = Field(description="SAM's predicted IoU of each mask, same order.")
     num_masks: int
-    inference_time_ms: float = Field(description="Worker time: decode + embed + predict + "
-                                     "encode.")
+    inference_time_ms: float = Field(description="Worker time: decode + embed + predict + encode.")
     total_time_ms: float = Field(description="Wall time of this request, queueing included.")
     job_id: str
     image_width: int
@@ -82,8 +97,7 @@ def _spec(req: SegmentRequest) -> JobSpec:
         if len(labels) != len(points):
             raise InvalidPrompt(f"{len(points)} points but {len(labels)} labels")
         prompts = [{"points": points, "labels": labels}]
-        multimask = req.multimask_output if req.multimask_output is not None \
-            else len(points) == 1
+        multimask = req.multimask_output if req.multimask_output is not None else len(points) == 1
     elif req.prompt_type == "box":
         if not boxes:
             raise InvalidPrompt("prompt_type=box needs `boxes`: [[x1, y1, x2, y2], ...]")
@@ -136,10 +150,14 @@ class JobError(Sam2FleetError):
         self.status = 504 if type_ == "timeout" else _status_of(type_)
 
 
-@router.post("/segment", response_model=SegmentResponse,
-             summary="Compatibility route: the tutorial's synchronous segment call")
-async def segment(req: SegmentRequest, request: Request, service: ServiceDep,
-                  settings: SettingsDep, owner: Owner) -> Any:
+@router.post(
+    "/segment",
+    response_model=SegmentResponse,
+    summary="Compatibility route: the tutorial's synchronous segment call",
+)
+async def segment(
+    req: SegmentRequest, request: Request, service: ServiceDep, settings: SettingsDep, owner: Owner
+) -> Any:
     """Submit a job and wait for it (see the README, "Compatibility route")."""
     started = time.monotonic()
     await check_rate(request, owner)  # a submit like any other: same key, same limits
@@ -150,8 +168,7 @@ async def segment(req: SegmentRequest, request: Request, service: ServiceDep,
     deadline = started + timeout
     while True:
         job = await service.get(job["id"], owner, max(0.0, deadline - time.monotonic()))
-        if job["status"] in ("succeeded", "failed", "cancelled") \
-                or time.monotonic() >= deadline:
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() >= deadline:
             break
     if job["status"] in ("queued", "running"):
         try:  # nobody will collect it: free the worker
@@ -159,9 +176,11 @@ async def segment(req: SegmentRequest, request: Request, service: ServiceDep,
         except Conflict:
             job = await service.get(job["id"], owner)  # it ended just now
         if job["status"] in ("queued", "running", "cancelled"):
-            raise GatewayTimeout(f"job {job['id']} did not finish within {timeout:g} s; "
-                                 "it was cancelled. Retry later, raise `timeout_s`, or use "
-                                 "POST /v1/jobs and poll.")
+            raise GatewayTimeout(
+                f"job {job['id']} did not finish within {timeout:g} s; "
+                "it was cancelled. Retry later, raise `timeout_s`, or use "
+                "POST /v1/jobs and poll."
+            )
     if job["status"] == "failed":
         err = job.get("error") or {"type": "internal", "message": "job failed"}
         raise JobError(err["type"], err["message"])

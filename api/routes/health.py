@@ -27,19 +27,28 @@ async def readyz(service: ServiceDep) -> JSONResponse:
         workers = [w for w in await service.workers() if w.get("warm") == "1"]
     except (RedisError, OSError) as exc:
         return JSONResponse(
-            {"status": "unavailable", "redis": False, "workers": 0,
-             "reason": f"redis unreachable: {type(exc).__name__}"},
-            status_code=503, headers={"Retry-After": "2"},
+            {
+                "status": "unavailable",
+                "redis": False,
+                "workers": 0,
+                "reason": f"redis unreachable: {type(exc).__name__}",
+            },
+            status_code=503,
+            headers={"Retry-After": "2"},
         )
     if not workers:
         return JSONResponse(
-            {"status": "unavailable", "redis": True, "workers": 0,
-             "reason": "no warm worker has reported within the heartbeat window"},
-            status_code=503, headers={"Retry-After": "5"},
+            {
+                "status": "unavailable",
+                "redis": True,
+                "workers": 0,
+                "reason": "no warm worker has reported within the heartbeat window",
+            },
+            status_code=503,
+            headers={"Retry-After": "5"},
         )
     models = sorted({w.get("model", "") for w in workers})
-    return JSONResponse({"status": "ok", "redis": True, "workers": len(workers),
-                         "models": models})
+    return JSONResponse({"status": "ok", "redis": True, "workers": len(workers), "models": models})
 
 
 @router.get("/metrics")

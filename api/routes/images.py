@@ -18,14 +18,20 @@ _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"}},
-            }},
-            "application/json": {"schema": {
-                "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "description": "base64"}},
-            }},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "description": "base64"}},
+                }
+            },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
     }
@@ -33,8 +39,9 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 @router.post("", status_code=201, response_model=ImageInfo, openapi_extra=_UPLOAD_BODY)
-async def upload_image(request: Request, service: ServiceDep, settings: SettingsDep,
-                       owner: Owner) -> Any:
+async def upload_image(
+    request: Request, service: ServiceDep, settings: SettingsDep, owner: Owner
+) -> Any:
     """Multipart `image` part, JSON `{"image": base64}`, or the raw file as the body."""
     await check_rate(request, owner)
     content_type = request.headers.get("content-type", "")
@@ -52,5 +59,6 @@ async def upload_image(request: Request, service: ServiceDep, settings: Settings
     else:
         data = await request.body()
     probed = await service.store_image(data, owner)
-    return ImageInfo(image_id=probed.image_id, width=probed.width, height=probed.height,
-                     format=probed.format)
+    return ImageInfo(
+        image_id=probed.image_id, width=probed.width, height=probed.height, format=probed.format
+    )

@@ -19,31 +19,44 @@ _SUBMIT_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
-            "multipart/form-data": {"schema": {
-                "type": "object",
-                "required": ["image"],
-                "properties": {
-                    "image": {"type": "string", "format": "binary"},
-                    "job": {"type": "string", "description": "JSON of the job without "
-                            "`image`/`image_id`; omitted: automatic mode."},
-                },
-            }},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "job": {
+                            "type": "string",
+                            "description": "JSON of the job without "
+                            "`image`/`image_id`; omitted: automatic mode.",
+                        },
+                    },
+                }
+            },
         },
     }
 }
 
 
-@router.post("", status_code=202, response_model=JobPublic, response_model_exclude_none=True,
-             openapi_extra=_SUBMIT_BODY)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    response_model_exclude_none=True,
+    openapi_extra=_SUBMIT_BODY,
+)
 async def submit_job(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
     owner: Owner,
-    idempotency_key: Annotated[str | None, Header(
-        max_length=255,
-        description="Same key and body again: the same job, run once. Another body: 409.",
-    )] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Same key and body again: the same job, run once. Another body: 409.",
+        ),
+    ] = None,
 ) -> Any:
     """Validate fully, store the image once, queue the job; answer 202 with its id."""
     await check_rate(request, owner)
@@ -64,8 +77,9 @@ async def get_job(
     job_id: str,
     service: ServiceDep,
     owner: Owner,
-    wait: float = Query(0.0, ge=0.0, le=600.0,
-                        description="Long-poll: seconds to wait for a terminal state."),
+    wait: float = Query(
+        0.0, ge=0.0, le=600.0, description="Long-poll: seconds to wait for a terminal state."
+    ),
 ) -> Any:
     return await service.get(job_id, owner, wait)
 
@@ -75,4 +89,3 @@ async def cancel_job(job_id: str, service: ServiceDep, owner: Owner) -> Any:
     """Cancel a queued job (it never runs) or a running one (it stops at the next
     safe point between stages); 409 once the job has ended."""
     return await service.cancel(job_id, owner)
-

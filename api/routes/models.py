@@ -13,8 +13,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=list[ModelPublic])
-async def list_models(service: ServiceDep, settings: SettingsDep, _: Owner
-                      ) -> list[ModelPublic]:
+async def list_models(service: ServiceDep, settings: SettingsDep, _: Owner) -> list[ModelPublic]:
     workers = await service.workers()
     return [
         ModelPublic(

@@ -20,17 +20,26 @@ from tests.support import RedisServer
 
 @pytest.fixture
 def settings(redis_server: RedisServer, prefix: str) -> Settings:
-    return Settings(redis_url=redis_server.url, key_prefix=prefix, max_request_bytes=2_000_000,
-                    max_image_bytes=1_000_000, max_image_pixels=4_000_000, max_objects=4,
-                    max_points=5)
+    return Settings(
+        redis_url=redis_server.url,
+        key_prefix=prefix,
+        max_request_bytes=2_000_000,
+        max_image_bytes=1_000_000,
+        max_image_pixels=4_000_000,
+        max_objects=4,
+        max_points=5,
+    )
 
 
 @contextmanager
 def serve(settings: Settings) -> Iterator[httpx.Client]:
     """The app in a real uvicorn on a free port, in a thread; a client for it."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -30,19 +30,20 @@ BODY = {"image": IMG, "prompts": [{"box": [1, 1, 30, 30]}]}
 
 def fake_warm_worker(rdb: redis.Redis, settings: Settings) -> None:
     key = Keys(settings.key_prefix).worker("stand-in")
-    rdb.hset(key, mapping={"model": settings.model, "warm": 1, "ts": time.time(),
-                           "device": "cpu"})
+    rdb.hset(key, mapping={"model": settings.model, "warm": 1, "ts": time.time(), "device": "cpu"})
     rdb.expire(key, 60)
 
 
 @pytest.fixture
 def auth_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={
-        "auth_enabled": True,
-        "api_key_hashes": apikeys.digest(KEY_A),
-        "rate_limit_per_minute": 5,
-        "job_ttl_s": 3,
-    })
+    return settings.model_copy(
+        update={
+            "auth_enabled": True,
+            "api_key_hashes": apikeys.digest(KEY_A),
+            "rate_limit_per_minute": 5,
+            "job_ttl_s": 3,
+        }
+    )
 
 
 @pytest.fixture
@@ -59,9 +60,12 @@ def h(key: str) -> dict[str, str]:
 
 
 def test_requests_without_a_valid_key_are_401(api: httpx.Client) -> None:
-    for r in (api.post("/v1/jobs", json=BODY), api.get("/v1/models"),
-              api.post("/v1/jobs", json=BODY, headers=h("wrong")),
-              api.get("/v1/jobs/x", headers={"X-API-Key": "wrong"})):
+    for r in (
+        api.post("/v1/jobs", json=BODY),
+        api.get("/v1/models"),
+        api.post("/v1/jobs", json=BODY, headers=h("wrong")),
+        api.get("/v1/jobs/x", headers={"X-API-Key": "wrong"}),
+    ):
         assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
         assert "wrong" not in r.text
     assert api.get("/livez").status_code == 200  # probes need no key
@@ -77,19 +81,25 @@ def test_jobs_and_images_are_visible_only_to_their_key(api: httpx.Client) -> Non
     assert api.delete(f"/v1/jobs/{job_id}", headers=h(KEY_B)).status_code == 404
     assert api.get(f"/v1/jobs/{job_id}", headers=h(KEY_A)).json()["status"] == "queued"
     image_id = api.post("/v1/images", json={"image": IMG}, headers=h(KEY_A)).json()["image_id"]
-    r = api.post("/v1/jobs", json={"image_id": image_id, "prompts": BODY["prompts"]},
-                 headers=h(KEY_B))
+    r = api.post(
+        "/v1/jobs", json={"image_id": image_id, "prompts": BODY["prompts"]}, headers=h(KEY_B)
+    )
     assert r.status_code == 422 and "unknown or expired" in r.text
 
 
-def test_keys_are_stored_hashed(api: httpx.Client, rdb: redis.Redis,
-                                auth_settings: Settings) -> None:
+def test_keys_are_stored_hashed(
+    api: httpx.Client, rdb: redis.Redis, auth_settings: Settings
+) -> None:
     api.post("/v1/jobs", json=BODY, headers=h(KEY_A))
     for key in rdb.scan_iter(f"{auth_settings.key_prefix}:*"):
         assert KEY_A.encode() not in key and KEY_B.encode() not in key
         if rdb.type(key) == b"hash":
-            dumped = json.dumps({k.decode(errors="replace"): v.decode(errors="replace")
-                                 for k, v in rdb.hgetall(key).items()})
+            dumped = json.dumps(
+                {
+                    k.decode(errors="replace"): v.decode(errors="replace")
+                    for k, v in rdb.hgetall(key).items()
+                }
+            )
             assert KEY_A not in dumped and KEY_B not in dumped
 
 
@@ -97,8 +107,10 @@ def test_rate_limit_is_per_key_and_shared_across_api_processes(
     api: httpx.Client, auth_settings: Settings
 ) -> None:
     with serve(auth_settings) as second:  # another API process on the same Redis
-        codes = [c.post("/v1/jobs", json=BODY, headers=h(KEY_A)).status_code
-                 for c in (api, second, api, second, api, second)]
+        codes = [
+            c.post("/v1/jobs", json=BODY, headers=h(KEY_A)).status_code
+            for c in (api, second, api, second, api, second)
+        ]
         assert codes == [202] * 5 + [429]
         limited = second.post("/v1/jobs", json=BODY, headers=h(KEY_A))
         assert limited.json()["error"]["type"] == "rate_limited"
@@ -106,8 +118,9 @@ def test_rate_limit_is_per_key_and_shared_across_api_processes(
         assert second.post("/v1/jobs", json=BODY, headers=h(KEY_B)).status_code == 202
 
 
-def test_idempotency_key_gives_one_job(api: httpx.Client, rdb: redis.Redis,
-                                       auth_settings: Settings) -> None:
+def test_idempotency_key_gives_one_job(
+    api: httpx.Client, rdb: redis.Redis, auth_settings: Settings
+) -> None:
     headers = {**h(KEY_A), "Idempotency-Key": "batch-7/image-1"}
     first = api.post("/v1/jobs", json=BODY, headers=headers)
     again = api.post("/v1/jobs", json=BODY, headers=headers)
@@ -118,8 +131,9 @@ def test_idempotency_key_gives_one_job(api: httpx.Client, rdb: redis.Redis,
     assert other.status_code == 409
     assert other.json()["error"]["type"] == "idempotency_conflict"
     # The same key string from another API key is another key.
-    bob = api.post("/v1/jobs", json=BODY,
-                   headers={**h(KEY_B), "Idempotency-Key": "batch-7/image-1"})
+    bob = api.post(
+        "/v1/jobs", json=BODY, headers={**h(KEY_B), "Idempotency-Key": "batch-7/image-1"}
+    )
     assert bob.status_code == 202 and bob.json()["id"] != first.json()["id"]
 
 
@@ -131,16 +145,22 @@ def test_records_expire_into_404(api: httpx.Client) -> None:
     assert r.status_code == 404 and "unknown or expired" in r.text
 
 
-def test_no_secret_in_logs_or_errors(auth_settings: Settings, rdb: redis.Redis,
-                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_in_logs_or_errors(
+    auth_settings: Settings, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     fake_warm_worker(rdb, auth_settings)
     secret_url = auth_settings.redis_url.replace("redis://", "redis://:hunter2-secret@")
     with caplog.at_level(logging.DEBUG), serve(auth_settings) as client:
         client.post("/v1/jobs", json=BODY, headers=h(KEY_A))
         client.post("/v1/jobs", json=BODY, headers=h("s2f_leaked_secret_attempt"))
     # A Redis URL with a password never shows up in an error either.
-    broken = auth_settings.model_copy(update={"redis_url": secret_url.replace(
-        str(auth_settings.redis_url.rsplit(":", 1)[1].split("/")[0]), "1")})
+    broken = auth_settings.model_copy(
+        update={
+            "redis_url": secret_url.replace(
+                str(auth_settings.redis_url.rsplit(":", 1)[1].split("/")[0]), "1"
+            )
+        }
+    )
     with serve(broken) as client:
         r = client.post("/v1/jobs", json=BODY, headers=h(KEY_A))
         assert r.status_code == 503

@@ -49,8 +49,13 @@ def _no_jobs(rdb: redis.Redis, settings: Settings) -> None:
         ([], "needs at least one prompt"),
     ],
 )
-def test_bad_prompts_are_422(client: httpx.Client, rdb: redis.Redis, settings: Settings,
-                             prompts: list[dict[str, Any]], fragment: str) -> None:
+def test_bad_prompts_are_422(
+    client: httpx.Client,
+    rdb: redis.Redis,
+    settings: Settings,
+    prompts: list[dict[str, Any]],
+    fragment: str,
+) -> None:
     r = client.post("/v1/jobs", json={"image": IMG, "prompts": prompts})
     _error(r, 422, r.json()["error"]["type"], fragment)
     assert r.json()["error"]["type"] in ("invalid_input", "invalid_prompt")
@@ -68,25 +73,48 @@ def test_non_finite_coordinates_are_422(client: httpx.Client, bad: str) -> None:
     ("body", "type_", "fragment"),
     [
         ({"image": IMG, "mode": "paint", "prompts": []}, "invalid_input", "mode"),
-        ({"image": IMG, "model": "sam3", "prompts": [{"box": [0, 0, 5, 5]}]}, "invalid_input",
-         "unknown model"),
-        ({"image": IMG, "mode": "auto", "auto": {"points_per_side": 0}}, "invalid_input",
-         "points_per_side"),
-        ({"image": IMG, "mode": "auto", "auto": {"pred_iou_thresh": 1.5}}, "invalid_input",
-         "pred_iou_thresh"),
-        ({"image": IMG, "mode": "auto", "auto": {"crop_n_layers": 9}}, "invalid_input",
-         "crop_n_layers"),
-        ({"image": IMG, "mode": "auto", "prompts": [{"box": [0, 0, 5, 5]}]}, "invalid_input",
-         "takes no prompts"),
+        (
+            {"image": IMG, "model": "sam3", "prompts": [{"box": [0, 0, 5, 5]}]},
+            "invalid_input",
+            "unknown model",
+        ),
+        (
+            {"image": IMG, "mode": "auto", "auto": {"points_per_side": 0}},
+            "invalid_input",
+            "points_per_side",
+        ),
+        (
+            {"image": IMG, "mode": "auto", "auto": {"pred_iou_thresh": 1.5}},
+            "invalid_input",
+            "pred_iou_thresh",
+        ),
+        (
+            {"image": IMG, "mode": "auto", "auto": {"crop_n_layers": 9}},
+            "invalid_input",
+            "crop_n_layers",
+        ),
+        (
+            {"image": IMG, "mode": "auto", "prompts": [{"box": [0, 0, 5, 5]}]},
+            "invalid_input",
+            "takes no prompts",
+        ),
         ({"prompts": [{"box": [0, 0, 5, 5]}]}, "invalid_input", "exactly one"),
-        ({"image": "not base64!!", "prompts": [{"box": [0, 0, 5, 5]}]}, "invalid_input",
-         "base64"),
-        ({"image": IMG, "prompts": [{"box": [0, 0, 5, 5]}], "output": {"format": "tiff"}},
-         "invalid_input", "format"),
+        ({"image": "not base64!!", "prompts": [{"box": [0, 0, 5, 5]}]}, "invalid_input", "base64"),
+        (
+            {"image": IMG, "prompts": [{"box": [0, 0, 5, 5]}], "output": {"format": "tiff"}},
+            "invalid_input",
+            "format",
+        ),
     ],
 )
-def test_bad_requests_are_422(client: httpx.Client, rdb: redis.Redis, settings: Settings,
-                              body: dict[str, Any], type_: str, fragment: str) -> None:
+def test_bad_requests_are_422(
+    client: httpx.Client,
+    rdb: redis.Redis,
+    settings: Settings,
+    body: dict[str, Any],
+    type_: str,
+    fragment: str,
+) -> None:
     r = client.post("/v1/jobs", json=body)
     _error(r, 422, type_, fragment)
     _no_jobs(rdb, settings)
@@ -113,8 +141,9 @@ def test_unsupported_content_type_is_415(client: httpx.Client) -> None:
         (encode(scene(100, 80), "JPEG")[:400], 422, "invalid_image"),  # truncated JPEG
     ],
 )
-def test_broken_images(client: httpx.Client, rdb: redis.Redis, settings: Settings, data: bytes,
-                       status: int, type_: str) -> None:
+def test_broken_images(
+    client: httpx.Client, rdb: redis.Redis, settings: Settings, data: bytes, status: int, type_: str
+) -> None:
     b64 = base64.b64encode(data).decode()
     r = client.post("/v1/jobs", json={"image": b64, "prompts": [{"box": [0, 0, 5, 5]}]})
     _error(r, status, type_)
@@ -124,12 +153,22 @@ def test_broken_images(client: httpx.Client, rdb: redis.Redis, settings: Setting
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that declares a huge size: a decompression bomb's header."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + \
-            struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_413_before_decoding(client: httpx.Client) -> None:
@@ -158,6 +197,7 @@ def test_oversized_body_is_413_with_and_without_content_length(client: httpx.Cli
     def chunks():  # no Content-Length: the body is counted as it arrives
         for _ in range(30):
             yield b"y" * 100_000
+
     r = client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
     _error(r, 413, "payload_too_large")
 
@@ -172,6 +212,7 @@ def test_valid_job_without_a_worker_is_503_and_leaves_nothing(
 
 
 def test_multipart_without_image_part_is_422(client: httpx.Client) -> None:
-    r = client.post("/v1/jobs", data={"job": '{"mode": "auto"}'},
-                    files={"other": ("x.png", b"123")})
+    r = client.post(
+        "/v1/jobs", data={"job": '{"mode": "auto"}'}, files={"other": ("x.png", b"123")}
+    )
     _error(r, 422, "invalid_input", "image")

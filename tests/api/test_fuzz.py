@@ -25,37 +25,61 @@ from tests.api.test_access_and_overload import fake_warm_worker
 from tests.support import encode, scene
 
 IMG = base64.b64encode(encode(scene(40, 30))).decode()
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=20,
 )
-numbers = st.one_of(st.integers(-100, 10**6), st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=3), st.none())
-prompts = st.lists(st.fixed_dictionaries({}, optional={
-    "points": st.lists(st.lists(numbers, max_size=3), max_size=4),
-    "labels": st.lists(st.one_of(st.integers(-2, 3), st.text(max_size=2)), max_size=4),
-    "box": st.lists(numbers, max_size=5),
-    "extra": json_values,
-}), max_size=4)
-near_valid = st.fixed_dictionaries({"image": st.sampled_from([IMG, "", "@@@", IMG[:40]])},
-                                   optional={
-    "image_id": st.text(max_size=70),
-    "model": st.sampled_from(["sam2.1_hiera_tiny", "nope", ""]) | st.text(max_size=5),
-    "mode": st.sampled_from(["prompt", "auto", "x"]),
-    "prompts": prompts,
-    "multimask": json_values,
-    "auto": st.dictionaries(st.sampled_from(["points_per_side", "points_per_batch",
-                                             "pred_iou_thresh", "crop_n_layers", "bogus"]),
-                            numbers, max_size=4),
-    "output": st.dictionaries(st.sampled_from(["format", "min_score"]),
-                              st.one_of(numbers, st.sampled_from(["rle", "png"])), max_size=2),
-})
+numbers = st.one_of(
+    st.integers(-100, 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.none(),
+)
+prompts = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "points": st.lists(st.lists(numbers, max_size=3), max_size=4),
+            "labels": st.lists(st.one_of(st.integers(-2, 3), st.text(max_size=2)), max_size=4),
+            "box": st.lists(numbers, max_size=5),
+            "extra": json_values,
+        },
+    ),
+    max_size=4,
+)
+near_valid = st.fixed_dictionaries(
+    {"image": st.sampled_from([IMG, "", "@@@", IMG[:40]])},
+    optional={
+        "image_id": st.text(max_size=70),
+        "model": st.sampled_from(["sam2.1_hiera_tiny", "nope", ""]) | st.text(max_size=5),
+        "mode": st.sampled_from(["prompt", "auto", "x"]),
+        "prompts": prompts,
+        "multimask": json_values,
+        "auto": st.dictionaries(
+            st.sampled_from(
+                ["points_per_side", "points_per_batch", "pred_iou_thresh", "crop_n_layers", "bogus"]
+            ),
+            numbers,
+            max_size=4,
+        ),
+        "output": st.dictionaries(
+            st.sampled_from(["format", "min_score"]),
+            st.one_of(numbers, st.sampled_from(["rle", "png"])),
+            max_size=2,
+        ),
+    },
+)
 
 
 @pytest.fixture
@@ -79,8 +103,12 @@ def test_job_bodies_never_5xx(api: httpx.Client, body: Any) -> None:
 
 
 @FUZZ
-@given(data=st.binary(max_size=300), ctype=st.sampled_from(
-    ["application/json", "image/png", "multipart/form-data; boundary=x", "text/plain", ""]))
+@given(
+    data=st.binary(max_size=300),
+    ctype=st.sampled_from(
+        ["application/json", "image/png", "multipart/form-data; boundary=x", "text/plain", ""]
+    ),
+)
 def test_raw_bodies_never_5xx(api: httpx.Client, data: bytes, ctype: str) -> None:
     _ok(api.post("/v1/jobs", content=data, headers={"content-type": ctype}))
     _ok(api.post("/v1/images", content=data, headers={"content-type": ctype}))

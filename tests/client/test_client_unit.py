@@ -30,13 +30,18 @@ from sam2fleet.overlay import draw_overlay
 from sam2fleet.sources import SourceError, load_source
 from tests.support import encode, scene
 
-JOB = {"id": "a" * 32, "status": "queued", "model": "sam2.1_hiera_tiny", "mode": "prompt",
-       "image_id": "b" * 64, "created_at": 1.0}
+JOB = {
+    "id": "a" * 32,
+    "status": "queued",
+    "model": "sam2.1_hiera_tiny",
+    "mode": "prompt",
+    "image_id": "b" * 64,
+    "created_at": 1.0,
+}
 
 
 def _error(status: int, type_: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(status, json={"error": {"type": type_, "message": "m"}},
-                          headers=headers)
+    return httpx.Response(status, json={"error": {"type": type_, "message": "m"}}, headers=headers)
 
 
 class Script:
@@ -55,15 +60,18 @@ class Script:
 
 
 def _client(script: Script, sleeps: list[float], **kw: object) -> Client:
-    return Client("http://fleet.test", transport=httpx.MockTransport(script),
-                  sleep=sleeps.append, **kw)  # type: ignore[arg-type]
+    return Client(
+        "http://fleet.test", transport=httpx.MockTransport(script), sleep=sleeps.append, **kw
+    )  # type: ignore[arg-type]
 
 
 def test_429_and_503_honour_retry_after_seconds_and_dates() -> None:
     when = email.utils.formatdate(time.time() + 3, usegmt=True)
-    script = Script(_error(429, "rate_limited", {"Retry-After": "2"}),
-                    _error(503, "no_worker_ready", {"Retry-After": when}),
-                    httpx.Response(202, json=JOB))
+    script = Script(
+        _error(429, "rate_limited", {"Retry-After": "2"}),
+        _error(503, "no_worker_ready", {"Retry-After": when}),
+        httpx.Response(202, json=JOB),
+    )
     sleeps: list[float] = []
     with _client(script, sleeps) as c:
         job = c.submit(b"png", prompts=[{"box": [0, 0, 4, 4]}], idempotency_key="k1")
@@ -77,8 +85,10 @@ def test_connection_errors_back_off_then_give_up() -> None:
     boom = httpx.ConnectError("refused")
     script = Script(boom, boom, boom, boom)
     sleeps: list[float] = []
-    with _client(script, sleeps, retry=RetryPolicy(max_retries=3, backoff_s=1.0)) as c, \
-            pytest.raises(httpx.ConnectError):
+    with (
+        _client(script, sleeps, retry=RetryPolicy(max_retries=3, backoff_s=1.0)) as c,
+        pytest.raises(httpx.ConnectError),
+    ):
         c.get("x")
     assert len(sleeps) == 3
     for attempt, delay in enumerate(sleeps):  # exponential with jitter in [50 %, 100 %]
@@ -111,10 +121,17 @@ def test_api_key_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -
 
 def test_wait_long_polls_until_the_job_ends_or_times_out() -> None:
     running = {**JOB, "status": "running"}
-    done = {**JOB, "status": "succeeded", "result": {
-        "image": {"image_id": "b" * 64, "width": 4, "height": 3},
-        "model": {"name": "m", "checkpoint_sha256": "c", "weights": "random"},
-        "masks": [], "timings": {}, "notes": []}}
+    done = {
+        **JOB,
+        "status": "succeeded",
+        "result": {
+            "image": {"image_id": "b" * 64, "width": 4, "height": 3},
+            "model": {"name": "m", "checkpoint_sha256": "c", "weights": "random"},
+            "masks": [],
+            "timings": {},
+            "notes": [],
+        },
+    }
     script = Script(httpx.Response(200, json=running), httpx.Response(200, json=done))
     with _client(script, []) as c:
         job = c.wait(JOB["id"], poll_s=5)
@@ -126,16 +143,19 @@ def test_wait_long_polls_until_the_job_ends_or_times_out() -> None:
 
 
 def test_async_client_retries_the_same_way() -> None:
-    script = Script(_error(503, "unavailable", {"Retry-After": "1"}),
-                    httpx.Response(201, json={"image_id": "i", "width": 2, "height": 2}))
+    script = Script(
+        _error(503, "unavailable", {"Retry-After": "1"}),
+        httpx.Response(201, json={"image_id": "i", "width": 2, "height": 2}),
+    )
     sleeps: list[float] = []
 
     async def sleep(s: float) -> None:
         sleeps.append(s)
 
     async def go() -> None:
-        async with AsyncClient("http://fleet.test", api_key="k", sleep=sleep,
-                               transport=httpx.MockTransport(script)) as c:
+        async with AsyncClient(
+            "http://fleet.test", api_key="k", sleep=sleep, transport=httpx.MockTransport(script)
+        ) as c:
             info = await c.upload(np.zeros((2, 2, 3), dtype=np.uint8))
             assert info.image_id == "i"
 
@@ -152,10 +172,12 @@ def test_masks_decode_from_rle_and_png() -> None:
     buf = io.BytesIO()
     Image.fromarray(m).convert("1").save(buf, format="PNG")
     assert (decode_segmentation(seg) == m).all()
-    assert (decode_segmentation({"size": [5, 7], "png": base64.b64encode(
-        buf.getvalue()).decode()}) == m).all()
-    mask = Mask.from_dict({"segmentation": seg, "area": 12, "bbox": [2, 1, 4, 3],
-                           "predicted_iou": 0.5})
+    assert (
+        decode_segmentation({"size": [5, 7], "png": base64.b64encode(buf.getvalue()).decode()}) == m
+    ).all()
+    mask = Mask.from_dict(
+        {"segmentation": seg, "area": 12, "bbox": [2, 1, 4, 3], "predicted_iou": 0.5}
+    )
     assert mask.size == (5, 7) and mask.decode().sum() == 12
 
 
@@ -175,32 +197,48 @@ def test_folder_glob_manifest_and_coco_sources(tmp_path: Path) -> None:
     assert [i.key for i in globbed.items] == ["sub/b.jpg"]
 
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join([
-        json.dumps({"image": "imgs/a.png", "prompts": [
-            {"points": [[5, 5]], "labels": [1], "category": "cat"},
-            {"box": [1, 1, 20, 20], "category_id": 9}]}),
-        "# a comment",
-        json.dumps({"image": "imgs/a.png", "boxes": [[0, 0, 10, 10]], "points": [[3, 3]]}),
-        json.dumps({"image": "imgs/sub/b.jpg"}),
-    ]))
+    manifest.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "image": "imgs/a.png",
+                        "prompts": [
+                            {"points": [[5, 5]], "labels": [1], "category": "cat"},
+                            {"box": [1, 1, 20, 20], "category_id": 9},
+                        ],
+                    }
+                ),
+                "# a comment",
+                json.dumps({"image": "imgs/a.png", "boxes": [[0, 0, 10, 10]], "points": [[3, 3]]}),
+                json.dumps({"image": "imgs/sub/b.jpg"}),
+            ]
+        )
+    )
     src = load_source(manifest)
     assert [i.key for i in src.items] == ["imgs/a.png", "imgs/a.png#2", "imgs/sub/b.jpg"]
     first = src.items[0]
     assert first.prompts == [{"points": [[5, 5]], "labels": [1]}, {"box": [1, 1, 20, 20]}]
     assert [m["category_id"] for m in first.prompt_meta] == [10, 9]
-    assert src.items[1].prompts == [{"box": [0, 0, 10, 10]},
-                                    {"points": [[3, 3]], "labels": [1]}]
+    assert src.items[1].prompts == [{"box": [0, 0, 10, 10]}, {"points": [[3, 3]], "labels": [1]}]
     names = {c["name"]: c["id"] for c in src.categories}
     assert names["cat"] == 10 and names["object"] == src.default_category_id == 11
-    assert job_spec(src.items[2], Options()) ["mode"] == "auto"  # type: ignore[index]
+    assert job_spec(src.items[2], Options())["mode"] == "auto"  # type: ignore[index]
     assert isinstance(job_spec(src.items[2], Options(mode="prompt")), str)
 
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps({
-        "images": [{"id": 7, "file_name": "imgs/a.png", "width": 40, "height": 30}],
-        "annotations": [{"id": 70, "image_id": 7, "category_id": 3, "bbox": [30, 20, 15, 15]},
-                        {"id": 71, "image_id": 7, "category_id": 3, "bbox": [1, 1, 0, 5]}],
-        "categories": [{"id": 3, "name": "disc"}]}))
+    gt.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 7, "file_name": "imgs/a.png", "width": 40, "height": 30}],
+                "annotations": [
+                    {"id": 70, "image_id": 7, "category_id": 3, "bbox": [30, 20, 15, 15]},
+                    {"id": 71, "image_id": 7, "category_id": 3, "bbox": [1, 1, 0, 5]},
+                ],
+                "categories": [{"id": 3, "name": "disc"}],
+            }
+        )
+    )
     coco_src = load_source(gt)
     item = coco_src.items[0]
     assert item.image_id == 7 and item.prompts == [{"box": [30.0, 20.0, 40.0, 30.0]}]
@@ -239,9 +277,12 @@ def test_overlay_draws_masks_outlines_and_prompts() -> None:
     img = Image.fromarray(np.full((60, 80, 3), 128, dtype=np.uint8))
     m = np.zeros((60, 80), dtype=bool)
     m[10:40, 20:60] = True
-    out = draw_overlay(img, [m], scores=[0.9],
-                       prompts=[{"box": [20, 10, 60, 40], "points": [[40, 25], [5, 5]],
-                                 "labels": [1, 0]}])
+    out = draw_overlay(
+        img,
+        [m],
+        scores=[0.9],
+        prompts=[{"box": [20, 10, 60, 40], "points": [[40, 25], [5, 5]], "labels": [1, 0]}],
+    )
     arr = np.asarray(out)
     assert out.size == (80, 60)
     assert (arr[30, 50] != 128).any()  # tinted inside the mask
@@ -254,9 +295,12 @@ def test_the_client_package_needs_no_server_dependencies() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, sam2fleet, sam2fleet.enqueue, sam2fleet.cli, sam2fleet.overlay, "
-            "sam2fleet.coco; print(sorted(m for m in ('torch', 'celery', 'fastapi', 'redis') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, sam2fleet, sam2fleet.enqueue, sam2fleet.cli, sam2fleet.overlay, "
+        "sam2fleet.coco; print(sorted(m for m in ('torch', 'celery', 'fastapi', 'redis') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

@@ -90,12 +90,17 @@ def kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
 
 
 @pytest.fixture(scope="module")
-def faulty(redis_server: RedisServer, tiny_checkpoint: Path,
-           tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-           ) -> Iterator[FaultFleet]:
+def faulty(
+    redis_server: RedisServer,
+    tiny_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[FaultFleet]:
     prefix = f"flt{abs(hash(request.module.__name__)) % 10**6}"
-    fleet = FaultFleet(fleet_env(redis_server.url, tiny_checkpoint, prefix, SMALL, **FAULT_ENV),
-                       tmp_path_factory.mktemp("faults"))
+    fleet = FaultFleet(
+        fleet_env(redis_server.url, tiny_checkpoint, prefix, SMALL, **FAULT_ENV),
+        tmp_path_factory.mktemp("faults"),
+    )
     fleet.redis = redis.Redis.from_url(redis_server.url)
     fleet.prefix = prefix
     fleet.start_worker("w0")

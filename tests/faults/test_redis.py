@@ -37,9 +37,17 @@ def restart(server: RedisServer) -> None:
 @pytest.fixture
 def fleet(aof_redis: RedisServer, tiny_checkpoint: Path, tmp_path: Path) -> Iterator[Fleet]:
     (tmp_path / "logs").mkdir()
-    f = Fleet(fleet_env(aof_redis.url, tiny_checkpoint, "rds", SMALL,
-                        SAM2FLEET_FAULT_INJECTION="1", SAM2FLEET_HEARTBEAT_TTL_S="4"),
-              tmp_path / "logs")
+    f = Fleet(
+        fleet_env(
+            aof_redis.url,
+            tiny_checkpoint,
+            "rds",
+            SMALL,
+            SAM2FLEET_FAULT_INJECTION="1",
+            SAM2FLEET_HEARTBEAT_TTL_S="4",
+        ),
+        tmp_path / "logs",
+    )
     f.start_api()
     yield f
     f.stop()

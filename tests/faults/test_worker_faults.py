@@ -34,7 +34,7 @@ def test_sigkill_of_the_model_process_requeues_the_job_at_once(faulty: FaultFlee
 
 
 def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(
-    faulty: FaultFleet
+    faulty: FaultFleet,
 ) -> None:
     job = submit(faulty.base_url, faulty.job_body("crash"))
     done = wait(faulty.base_url, job["id"], timeout=90)
@@ -57,7 +57,7 @@ def test_sigterm_mid_job_lets_the_job_finish(faulty: FaultFleet) -> None:
 
 
 def test_sigkill_of_the_whole_worker_redelivers_after_the_visibility_timeout(
-    faulty: FaultFleet
+    faulty: FaultFleet,
 ) -> None:
     job = submit(faulty.base_url, faulty.job_body("sleep:2"))
     faulty.wait_status(job["id"], "running")
@@ -75,18 +75,14 @@ def test_sigkill_of_the_whole_worker_redelivers_after_the_visibility_timeout(
     assert done["attempts"] == 2 and _result_count(faulty, job["id"]) == 1
 
 
-def test_soft_time_limit_fails_with_timeout_and_the_next_job_is_served(
-    faulty: FaultFleet
-) -> None:
+def test_soft_time_limit_fails_with_timeout_and_the_next_job_is_served(faulty: FaultFleet) -> None:
     job = submit(faulty.base_url, faulty.job_body("sleep:11"))  # soft limit is 10 s
     done = wait(faulty.base_url, job["id"], timeout=60)
     assert done["status"] == "failed" and done["error"]["type"] == "timeout"
     assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"
 
 
-def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
-    faulty: FaultFleet
-) -> None:
+def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(faulty: FaultFleet) -> None:
     pid = faulty.model_pid()
     job = submit(faulty.base_url, faulty.job_body("stuck:30"))  # ignores the soft limit
     done = wait(faulty.base_url, job["id"], timeout=90)
@@ -99,8 +95,12 @@ def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
 
 
 def test_out_of_memory_is_retried_with_less_work(faulty: FaultFleet) -> None:
-    knobs = {"points_per_side": 4, "points_per_batch": 64, "pred_iou_thresh": 0.0,
-             "stability_score_thresh": 0.0}
+    knobs = {
+        "points_per_side": 4,
+        "points_per_batch": 64,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+    }
     image, image_id = faulty.image("oom_above:16")
     retried = run(faulty.base_url, {"image": image, "mode": "auto", "auto": knobs})
     notes = [n for n in retried["result"]["notes"] if "out of memory" in n]
@@ -109,8 +109,9 @@ def test_out_of_memory_is_retried_with_less_work(faulty: FaultFleet) -> None:
     faulty.redis.delete(f"{faulty.prefix}:fault:{image_id}")
     clean = run(faulty.base_url, {"image": image, "mode": "auto", "auto": knobs})
     assert clean["result"]["masks"]
-    assert [m["segmentation"] for m in retried["result"]["masks"]] == \
-        [m["segmentation"] for m in clean["result"]["masks"]]
+    assert [m["segmentation"] for m in retried["result"]["masks"]] == [
+        m["segmentation"] for m in clean["result"]["masks"]
+    ]
 
 
 def test_out_of_memory_every_time_fails_as_input_too_large(faulty: FaultFleet) -> None:
@@ -123,8 +124,11 @@ def test_out_of_memory_every_time_fails_as_input_too_large(faulty: FaultFleet) -
 
 def test_a_cuda_error_replaces_the_process_and_the_job_is_redone(faulty: FaultFleet) -> None:
     pid = faulty.model_pid()
-    done = wait(faulty.base_url,
-                submit(faulty.base_url, faulty.job_body("cuda_error_once"))["id"], timeout=90)
+    done = wait(
+        faulty.base_url,
+        submit(faulty.base_url, faulty.job_body("cuda_error_once"))["id"],
+        timeout=90,
+    )
     assert done["status"] == "succeeded" and done["attempts"] == 2
     faulty.wait_ready()
     assert faulty.model_pid() != pid
@@ -151,8 +155,10 @@ def test_cancel_queued_job_never_runs_and_running_job_stops(faulty: FaultFleet) 
 def test_queue_cap_answers_503_with_retry_after(faulty: FaultFleet) -> None:
     blocker = submit(faulty.base_url, faulty.job_body("sleep:3"))
     faulty.wait_status(blocker["id"], "running")
-    answers = [httpx.post(f"{faulty.base_url}/v1/jobs", json=faulty.job_body(), timeout=10)
-               for _ in range(5)]
+    answers = [
+        httpx.post(f"{faulty.base_url}/v1/jobs", json=faulty.job_body(), timeout=10)
+        for _ in range(5)
+    ]
     codes = [a.status_code for a in answers]
     assert codes[:3] == [202, 202, 202] and codes[3:] == [503, 503], codes
     assert answers[3].json()["error"]["type"] == "queue_full"
@@ -168,10 +174,16 @@ def test_a_pickled_message_is_refused_never_executed(faulty: FaultFleet) -> None
     # restart the (finished) job or worse; it must be dropped unread.
     with Connection(faulty.env["SAM2FLEET_REDIS_URL"]) as conn:
         producer = conn.Producer(serializer="pickle")
-        producer.publish({"task": SEGMENT_TASK}, routing_key=f"{faulty.prefix}.sam2.1_hiera_tiny",
-                         headers={"task": SEGMENT_TASK, "id": "evil", "argsrepr": ""},
-                         serializer="pickle", declare=[])
+        producer.publish(
+            {"task": SEGMENT_TASK},
+            routing_key=f"{faulty.prefix}.sam2.1_hiera_tiny",
+            headers={"task": SEGMENT_TASK, "id": "evil", "argsrepr": ""},
+            serializer="pickle",
+            declare=[],
+        )
     time.sleep(2)
-    assert "untrusted content" in faulty.log("w0").lower() or \
-        "refusing to deserialize" in faulty.log("w0").lower()
+    assert (
+        "untrusted content" in faulty.log("w0").lower()
+        or "refusing to deserialize" in faulty.log("w0").lower()
+    )
     assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"

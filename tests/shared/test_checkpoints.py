@@ -215,9 +215,13 @@ def _cli(monkeypatch: pytest.MonkeyPatch, cdn: FakeCDN, dest: Path, *argv: str) 
         get_settings.cache_clear()
 
 
-def test_cli_download_from_a_mirror(cdn: FakeCDN, spec: ModelSpec, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_download_from_a_mirror(
+    cdn: FakeCDN,
+    spec: ModelSpec,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from shared import cli
 
     pinned = ModelSpec("sam2.1_hiera_tiny", spec.config, FILENAME, spec.bytes, spec.sha256)
@@ -228,14 +232,19 @@ def test_cli_download_from_a_mirror(cdn: FakeCDN, spec: ModelSpec, tmp_path: Pat
 
 
 def test_cli_refuses_a_file_that_is_not_the_pinned_one(
-    cdn: FakeCDN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    cdn: FakeCDN,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from shared import cli
 
     real = cli.MODELS["sam2.1_hiera_tiny"]  # Meta's pinned hash; the mirror serves other bytes
-    monkeypatch.setitem(cli.MODELS, "sam2.1_hiera_tiny",
-                        ModelSpec(real.name, real.config, FILENAME, len(PAYLOAD), real.sha256))
+    monkeypatch.setitem(
+        cli.MODELS,
+        "sam2.1_hiera_tiny",
+        ModelSpec(real.name, real.config, FILENAME, len(PAYLOAD), real.sha256),
+    )
     assert _cli(monkeypatch, cdn, tmp_path, "sam2.1_hiera_tiny") == 1
     assert "refused" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

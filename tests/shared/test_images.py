@@ -18,10 +18,10 @@ def test_probe_reads_format_and_size() -> None:
     assert probed.image_id == image_id_for(data) and len(probed.image_id) == 64
 
 
-@pytest.mark.parametrize(("orientation", "size"), [(1, (64, 48)), (3, (64, 48)),
-                                                   (6, (48, 64)), (8, (48, 64))])
-def test_exif_orientation_sets_the_displayed_size(orientation: int, size: tuple[int, int]
-                                                  ) -> None:
+@pytest.mark.parametrize(
+    ("orientation", "size"), [(1, (64, 48)), (3, (64, 48)), (6, (48, 64)), (8, (48, 64))]
+)
+def test_exif_orientation_sets_the_displayed_size(orientation: int, size: tuple[int, int]) -> None:
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(scene(64, 48), "JPEG", exif=exif.tobytes())

@@ -11,8 +11,14 @@ from tests.conftest import SMALL
 from tests.support import Fleet, RedisServer, fleet_env
 
 
-def start_fleet(redis: RedisServer, checkpoint: Path, log_dir: Path, prefix: str,
-                image_size: int | None, **extra: str) -> Fleet:
+def start_fleet(
+    redis: RedisServer,
+    checkpoint: Path,
+    log_dir: Path,
+    prefix: str,
+    image_size: int | None,
+    **extra: str,
+) -> Fleet:
     fleet = Fleet(fleet_env(redis.url, checkpoint, prefix, image_size, **extra), log_dir)
     fleet.start_worker("w0")
     fleet.start_api()
@@ -25,11 +31,13 @@ def start_fleet(redis: RedisServer, checkpoint: Path, log_dir: Path, prefix: str
 
 
 @pytest.fixture(scope="module")
-def fleet(redis_server: RedisServer, tiny_checkpoint: Path,
-          tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-          ) -> Iterator[Fleet]:
+def fleet(
+    redis_server: RedisServer,
+    tiny_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Fleet]:
     prefix = f"sys{abs(hash(request.module.__name__)) % 10**6}"
-    f = start_fleet(redis_server, tiny_checkpoint, tmp_path_factory.mktemp("fleet"), prefix,
-                    SMALL)
+    f = start_fleet(redis_server, tiny_checkpoint, tmp_path_factory.mktemp("fleet"), prefix, SMALL)
     yield f
     f.stop()

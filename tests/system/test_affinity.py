@@ -17,10 +17,13 @@ from tests.system.client import b64, run, submit, wait
 
 
 @pytest.fixture(scope="module")
-def two_workers(redis_server: RedisServer, tiny_checkpoint: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = Fleet(fleet_env(redis_server.url, tiny_checkpoint, "aff", SMALL),
-                  tmp_path_factory.mktemp("affinity"))
+def two_workers(
+    redis_server: RedisServer, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    fleet = Fleet(
+        fleet_env(redis_server.url, tiny_checkpoint, "aff", SMALL),
+        tmp_path_factory.mktemp("affinity"),
+    )
     fleet.start_worker("w0")
     fleet.start_worker("w1")
     fleet.start_api()
@@ -46,8 +49,10 @@ def test_repeated_clicks_hit_the_cached_embedding(two_workers: Fleet) -> None:
     first = run(two_workers.base_url, {"image": image, "prompts": click(50, 40)})
     assert first["result"]["timings"]["embedding_cache_hit"] is False
     image_id = first["image_id"]
-    later = [run(two_workers.base_url, {"image_id": image_id, "prompts": click(50 + i, 40)})
-             for i in range(1, 7)]
+    later = [
+        run(two_workers.base_url, {"image_id": image_id, "prompts": click(50 + i, 40)})
+        for i in range(1, 7)
+    ]
     # With two workers and no affinity about half of these would land on the other one.
     assert [j["result"]["timings"]["embedding_cache_hit"] for j in later] == [True] * 6
     assert all(j["result"]["timings"]["embed_s"] == 0.0 for j in later)

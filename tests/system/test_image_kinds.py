@@ -44,18 +44,19 @@ def test_image_kind_is_segmented_like_its_displayed_pixels(
     job = run(fleet.base_url, {"image": b64(data), "prompts": PROMPTS, "multimask": False})
     assert job["result"]["image"]["width"] == 96 and job["result"]["image"]["height"] == 64
     direct = oracle.predict(tiny_checkpoint, SMALL, shown, PROMPTS, False)
-    assert [m["segmentation"]["counts"] for m in job["result"]["masks"]] == \
-        [d[0][0] for d in direct]
+    assert [m["segmentation"]["counts"] for m in job["result"]["masks"]] == [
+        d[0][0] for d in direct
+    ]
 
 
-def test_exif_rotated_jpeg_uses_displayed_coordinates(fleet: Fleet, tiny_checkpoint: Path
-                                                      ) -> None:
+def test_exif_rotated_jpeg_uses_displayed_coordinates(fleet: Fleet, tiny_checkpoint: Path) -> None:
     stored = scene(96, 64, seed=10)  # stored landscape, displayed portrait (orientation 6)
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
-    shown = np.array(Image.open(io.BytesIO(data)).convert("RGB").transpose(
-        Image.Transpose.ROTATE_270))
+    shown = np.array(
+        Image.open(io.BytesIO(data)).convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    )
     assert shown.shape[:2] == (96, 64)
     prompts = [{"points": [[30, 80]], "labels": [1]}]  # y=80 only exists when displayed
     job = run(fleet.base_url, {"image": b64(data), "prompts": prompts, "multimask": False})
@@ -68,7 +69,8 @@ def test_exif_rotated_jpeg_uses_displayed_coordinates(fleet: Fleet, tiny_checkpo
 @pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
 def test_other_formats_are_415(fleet: Fleet, fmt: str) -> None:
     data = encode(scene(32, 32), fmt)
-    r = httpx.post(f"{fleet.base_url}/v1/jobs", json={"image": b64(data),
-                                                      "prompts": [{"box": [0, 0, 8, 8]}]})
+    r = httpx.post(
+        f"{fleet.base_url}/v1/jobs", json={"image": b64(data), "prompts": [{"box": [0, 0, 8, 8]}]}
+    )
     assert r.status_code == 415
     assert r.json()["error"]["type"] == "unsupported_image" and fmt in r.json()["error"]["message"]

@@ -34,8 +34,9 @@ def fleet_masks(job: dict[str, Any], n_prompts: int) -> list[list[tuple[str, flo
     return grouped
 
 
-def assert_same(fleet: list[list[tuple[str, float]]],
-                direct: list[list[tuple[str, float]]]) -> None:
+def assert_same(
+    fleet: list[list[tuple[str, float]]], direct: list[list[tuple[str, float]]]
+) -> None:
     assert len(fleet) == len(direct)
     for got, want in zip(fleet, direct, strict=True):
         assert [c for c, _ in got] == [c for c, _ in want]
@@ -49,8 +50,9 @@ def test_prompt_masks_match_sam2_image_predictor(
 ) -> None:
     image = scene(320, 240, seed=7)
     prompts = PROMPT_SETS[name]
-    job = run(fleet.base_url, {"image": b64(encode(image)), "prompts": prompts,
-                               "multimask": multimask})
+    job = run(
+        fleet.base_url, {"image": b64(encode(image)), "prompts": prompts, "multimask": multimask}
+    )
     direct = oracle.predict(tiny_checkpoint, SMALL, image, prompts, multimask)
     got = fleet_masks(job, len(prompts))
     assert all(len(g) == (3 if multimask else 1) for g in got)
@@ -62,27 +64,40 @@ def test_prompt_masks_match_sam2_image_predictor(
 
 def test_automatic_masks_match_sam2_generator(fleet: Fleet, tiny_checkpoint: Path) -> None:
     image = scene(256, 192, seed=3)
-    knobs = {"points_per_side": 8, "points_per_batch": 32, "pred_iou_thresh": 0.0,
-             "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
+    knobs = {
+        "points_per_side": 8,
+        "points_per_batch": 32,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "box_nms_thresh": 0.7,
+    }
     job = run(fleet.base_url, {"image": b64(encode(image)), "mode": "auto", "auto": knobs})
     direct = oracle.generate(tiny_checkpoint, SMALL, image, **knobs)
     got = job["result"]["masks"]
     assert len(direct) > 0
-    assert [m["segmentation"]["counts"] for m in got] == \
-        [d["segmentation"]["counts"] for d in direct]
+    assert [m["segmentation"]["counts"] for m in got] == [
+        d["segmentation"]["counts"] for d in direct
+    ]
     assert [m["area"] for m in got] == [d["area"] for d in direct]
-    assert np.allclose([m["predicted_iou"] for m in got], [d["predicted_iou"] for d in direct],
-                       atol=1e-5)
+    assert np.allclose(
+        [m["predicted_iou"] for m in got], [d["predicted_iou"] for d in direct], atol=1e-5
+    )
     # Automatic masks answer no prompt: they carry the grid point that made them.
     assert all("prompt_index" not in m and len(m["point_coords"]) == 1 for m in got)
 
 
 def test_automatic_crop_layers_and_min_region_match(fleet: Fleet, tiny_checkpoint: Path) -> None:
     image = scene(200, 160, seed=11)
-    knobs = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-             "crop_n_layers": 1, "min_mask_region_area": 50}
+    knobs = {
+        "points_per_side": 4,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "crop_n_layers": 1,
+        "min_mask_region_area": 50,
+    }
     job = run(fleet.base_url, {"image": b64(encode(image)), "mode": "auto", "auto": knobs})
     direct = oracle.generate(tiny_checkpoint, SMALL, image, **knobs)
     assert len(direct) > 0
-    assert [m["segmentation"]["counts"] for m in job["result"]["masks"]] == \
-        [d["segmentation"]["counts"] for d in direct]
+    assert [m["segmentation"]["counts"] for m in job["result"]["masks"]] == [
+        d["segmentation"]["counts"] for d in direct
+    ]

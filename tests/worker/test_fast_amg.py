@@ -18,15 +18,31 @@ from worker.fast_amg import FastAutomaticMaskGenerator
 
 KNOB_SETS: dict[str, dict[str, Any]] = {
     # Every candidate through (NMS at 1.0 keeps all): 8*8 points x 3 masks.
-    "all-candidates": {"points_per_side": 8, "points_per_batch": 32, "pred_iou_thresh": 0.0,
-                       "stability_score_thresh": 0.0, "box_nms_thresh": 1.0},
+    "all-candidates": {
+        "points_per_side": 8,
+        "points_per_batch": 32,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "box_nms_thresh": 1.0,
+    },
     # Thresholds that bite, and a decoder batch that does not divide the points.
-    "thresholds": {"points_per_side": 7, "points_per_batch": 20, "pred_iou_thresh": 0.45,
-                   "stability_score_thresh": 0.6, "box_nms_thresh": 0.95},
+    "thresholds": {
+        "points_per_side": 7,
+        "points_per_batch": 20,
+        "pred_iou_thresh": 0.45,
+        "stability_score_thresh": 0.6,
+        "box_nms_thresh": 0.95,
+    },
     # Crop layer: 1 + 4 crops, cross-crop NMS, min_mask_region_area (hole filling).
-    "crops": {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-              "crop_n_layers": 1, "crop_nms_thresh": 0.9, "box_nms_thresh": 0.9,
-              "min_mask_region_area": 50},
+    "crops": {
+        "points_per_side": 4,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "crop_n_layers": 1,
+        "crop_nms_thresh": 0.9,
+        "box_nms_thresh": 0.9,
+        "min_mask_region_area": 50,
+    },
 }
 
 
@@ -71,9 +87,13 @@ def test_fast_generator_matches_meta(tiny_checkpoint: Path, name: str) -> None:
 
 def test_fast_generator_calls_set_image_once_per_crop(tiny_checkpoint: Path) -> None:
     """The pipeline times the encoder and checks cancellation through this hook."""
-    gen = FastAutomaticMaskGenerator(oracle.sam2_model(tiny_checkpoint, SMALL),
-                                     points_per_side=2, crop_n_layers=1,
-                                     pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    gen = FastAutomaticMaskGenerator(
+        oracle.sam2_model(tiny_checkpoint, SMALL),
+        points_per_side=2,
+        crop_n_layers=1,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     oracle._fix_sizes(gen.predictor, SMALL)
     calls = []
     set_image = gen.predictor.set_image

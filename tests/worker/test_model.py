@@ -22,8 +22,9 @@ def test_feature_sizes_follow_the_input_size() -> None:
 
 
 def test_loads_checkpoint_and_predicts_like_meta(tiny_checkpoint: Path) -> None:
-    model = SegmentationModel(Settings(checkpoint=tiny_checkpoint, model_image_size=SMALL,
-                                       device="cpu"))
+    model = SegmentationModel(
+        Settings(checkpoint=tiny_checkpoint, model_image_size=SMALL, device="cpu")
+    )
     assert model.image_size == SMALL and model.stamp.weights == "random"
     assert model.warmup() > 0
     image = scene(160, 120, seed=21)
@@ -32,8 +33,7 @@ def test_loads_checkpoint_and_predicts_like_meta(tiny_checkpoint: Path) -> None:
     objects = model.predict([Prompt(**p) for p in prompts], multimask=True)
     direct = oracle.predict(tiny_checkpoint, SMALL, image, prompts, True)
     records = prompt_records(objects, "rle", 0.0)
-    assert [r["segmentation"]["counts"] for r in records] == \
-        [c for obj in direct for c, _ in obj]
+    assert [r["segmentation"]["counts"] for r in records] == [c for obj in direct for c, _ in obj]
     for r in records:
         assert rle_decode(r["segmentation"]).sum() == r["area"]
 
@@ -41,4 +41,3 @@ def test_loads_checkpoint_and_predicts_like_meta(tiny_checkpoint: Path) -> None:
 def test_cache_clearer_is_a_no_op_on_cpu() -> None:
     clearer = CacheClearer("always", 0, torch.device("cpu"))
     assert clearer.after_batch() == 0 and clearer.clears == 0
-

@@ -25,10 +25,20 @@ def test_missing_checkpoint_is_refused_with_directions(tmp_path: Path) -> None:
 
 
 def test_worker_command_exits_with_the_message(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-           "SAM2FLEET_CHECKPOINT_DIR": str(tmp_path), "SAM2FLEET_REDIS_URL": "redis://127.0.0.1:1"}
-    done = subprocess.run([sys.executable, "-m", "shared.cli", "worker"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "SAM2FLEET_CHECKPOINT_DIR": str(tmp_path),
+        "SAM2FLEET_REDIS_URL": "redis://127.0.0.1:1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "no checkpoint for sam2.1_hiera_tiny" in done.stderr
     assert "Traceback" not in done.stderr
@@ -38,8 +48,11 @@ def test_official_file_and_explicit_path_are_checkpoint_weights(tmp_path: Path) 
     official = tmp_path / "sam2.1_hiera_small.pt"
     torch.save({"model": {}}, official)
     found = resolve_weights(Settings(checkpoint_dir=tmp_path, model="sam2.1_hiera_small"))
-    assert (found.path, found.kind, found.spec.name) == (official, "checkpoint",
-                                                        "sam2.1_hiera_small")
+    assert (found.path, found.kind, found.spec.name) == (
+        official,
+        "checkpoint",
+        "sam2.1_hiera_small",
+    )
     tuned = tmp_path / "my-finetune.pt"
     torch.save({"model": {}}, tuned)
     assert resolve_weights(Settings(checkpoint=tuned)).path == tuned
@@ -48,16 +61,16 @@ def test_official_file_and_explicit_path_are_checkpoint_weights(tmp_path: Path) 
 
 
 def test_random_weights_are_an_explicit_opt_in_written_in_meta_format(tmp_path: Path) -> None:
-    found = resolve_weights(Settings(checkpoint_dir=tmp_path, random_weights=True,
-                                     random_seed=7))
+    found = resolve_weights(Settings(checkpoint_dir=tmp_path, random_weights=True, random_seed=7))
     assert found.kind == "random"
     payload = torch.load(found.path, map_location="cpu", weights_only=True)
     assert payload[RANDOM_MARKER] == 7
     assert "image_encoder.trunk.patch_embed.proj.weight" in payload["model"]
     assert weights_kind(found.path) == "random"
     # Same seed, same weights: a restarted worker serves the same model.
-    again = resolve_weights(Settings(checkpoint_dir=tmp_path / "other", random_weights=True,
-                                     random_seed=7))
+    again = resolve_weights(
+        Settings(checkpoint_dir=tmp_path / "other", random_weights=True, random_seed=7)
+    )
     other = torch.load(again.path, map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(payload["model"][k], other[k]) for k in payload["model"])
 
