@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aredis
 from celery import Celery
+from redis.exceptions import RedisError
 
 from api import metrics
 from shared.checkpoints import MODELS
@@ -28,6 +29,7 @@ from shared.errors import (
     NotFound,
     NoWorkerReady,
     QueueFull,
+    Sam2FleetError,
     Unavailable,
 )
 from shared.images import ProbedImage, probe_image, verify_decodable
@@ -111,8 +113,11 @@ class JobService:
                     f"{model} has {self.settings.max_queued_jobs} jobs waiting; retry later"
                 )
             return await self._enqueue(job_id, spec, image, owner, model)
-        except BaseException:
-            if idem_key is not None:  # nothing was accepted: the key may be used again
+        except (Sam2FleetError, RedisError):
+            # Refused (no worker, queue full, Redis or the queue unreachable): nothing
+            # was accepted, so the key may be used again. A cancelled request leaves the
+            # claim in place: its message may already be on the queue.
+            if idem_key is not None:
                 await self.redis.delete(idem_key)
             raise
 

@@ -11,6 +11,8 @@
     {p}:affinity:{model}:{owner}:{image_id}
                            str   the private queue of the worker holding that
                                  image's embedding                     TTL affinity_ttl_s
+    {p}:private_queues:{model}
+                           set   every worker's private queue, swept for dead ones
     {p}:fault:{image_id}   str   injected fault (test seam, fault_injection only)
     {p}.{model}            list  the model's shared Celery queue (kombu's layout)
     {p}.{model}.w.{worker} list  one worker's private queue (image affinity)
@@ -61,6 +63,9 @@ class Keys:
 
     def affinity(self, model: str, owner: str, image_id: str) -> str:
         return f"{self.prefix}:affinity:{model}:{owner}:{image_id}"
+
+    def private_queues(self, model: str) -> str:
+        return f"{self.prefix}:private_queues:{model}"
 
     def fault(self, image_id: str) -> str:
         return f"{self.prefix}:fault:{image_id}"

@@ -51,13 +51,16 @@ class Runtime:
         """Move jobs from private queues of workers no longer heartbeating back to the
         shared queue, so a dead worker's affinity never strands a job."""
         r, shared = self.store.redis, self.settings.queue_for(self.model.stamp.name)
+        registry = self.store.keys.private_queues(self.model.stamp.name)
+        # Registered on every beat (so before any job can be routed here, and again
+        # if a sweep raced this worker's first beat): a dead worker's queue is known.
+        r.sadd(registry, self.queue)
         live = {r.hget(k, "queue") for k in r.scan_iter(self.store.keys.workers_pattern())}
         moved = 0
-        for queue in r.scan_iter(match=f"{shared}.w.*", _type="list"):
-            if queue in live:
-                continue
+        for queue in r.smembers(registry) - live:
             while r.lmove(queue, shared, "RIGHT", "RIGHT") is not None:
                 moved += 1
+            r.srem(registry, queue)
         if moved:
             log.warning("moved %d job(s) from dead workers' queues to %s", moved, shared)
         return moved
