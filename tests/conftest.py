@@ -1,4 +1,5 @@
-"""Session-wide real parts: a Redis server and a SAM 2 tiny checkpoint made here."""
+"""Session-wide real parts (a Redis server, a SAM 2 tiny checkpoint made here) and a
+whole fleet per module: a real Celery worker process and real HTTP."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import RedisServer
+from tests.support import Fleet, RedisServer, fleet_env
 
 SEED = 1234
 SMALL = 256  # reduced input size for fast CPU tests; one test module runs at 1024
@@ -35,3 +36,37 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny-random.pt"
     return write_random_checkpoint(MODELS["sam2.1_hiera_tiny"], path, SEED)
+
+
+def start_fleet(
+    redis: RedisServer,
+    checkpoint: Path,
+    log_dir: Path,
+    prefix: str,
+    image_size: int | None,
+    **extra: str,
+) -> Fleet:
+    """A real worker process and a real API process (uvicorn), ready to serve."""
+    fleet = Fleet(fleet_env(redis.url, checkpoint, prefix, image_size, **extra), log_dir)
+    fleet.start_worker("w0")
+    fleet.start_api()
+    try:
+        fleet.wait_ready()
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    redis_server: RedisServer,
+    tiny_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Fleet]:
+    """A whole fleet per test module, at the reduced input size, on its own key prefix."""
+    prefix = f"m{abs(hash(request.module.__name__)) % 10**6}"
+    f = start_fleet(redis_server, tiny_checkpoint, tmp_path_factory.mktemp("fleet"), prefix, SMALL)
+    yield f
+    f.stop()

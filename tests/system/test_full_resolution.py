@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests import oracle
+from tests.conftest import start_fleet
 from tests.support import Fleet, RedisServer, encode, scene
 from tests.system.client import b64, run
-from tests.system.conftest import start_fleet
 
 
 @pytest.fixture(scope="module")
