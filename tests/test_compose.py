@@ -539,3 +539,21 @@ def test_dockerfile_installs_torch_then_sam2_then_the_project(target: str) -> No
         assert any(url.rstrip("/").endswith("/whl/cpu") for url in indexes), (
             f"{target}: CPU image must install torch from the CPU index, got {indexes}"
         )
+
+
+@pytest.mark.parametrize("target", sorted(built_targets()))
+def test_image_holds_every_package_the_project_installs(target: str) -> None:
+    """`pip install .` inside the image only installs the packages copied into it; the
+    console script imports all of them (the client's subcommands too)."""
+    instructions = image_instructions(built_targets()[target][0])
+    copied = {  # the sources of every COPY (all its words but the destination)
+        Path(source).name
+        for instr, rest in instructions
+        if instr == "COPY"
+        for source in rest.split()[:-1]
+        if not source.startswith("--")
+    }
+    patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in patterns}
+    missing = sorted(packages - copied)
+    assert not missing, f"{target}: the image does not COPY {missing}"
