@@ -82,12 +82,10 @@ def job_submitted(job_id: str, model: str, mode: str) -> None:
 async def refresh_fleet_gauges(service: JobService) -> None:
     """Queue depth and ready workers per model, read from Redis at scrape time."""
     try:
-        workers = await service.workers()
+        warm = await service.warm_workers()
         for model in MODELS:
             QUEUE_DEPTH.labels(model).set(await service.queue_depth(model))
-            WORKERS_READY.labels(model).set(
-                sum(1 for w in workers if w.get("model") == model and w.get("warm") == "1")
-            )
+            WORKERS_READY.labels(model).set(sum(1 for w in warm if w.get("model") == model))
     except (RedisError, OSError):
         REDIS_UP.set(0)
         return

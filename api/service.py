@@ -106,13 +106,16 @@ class JobService:
             if existing is not None:
                 return existing
         try:
-            if await self.live_workers(model) == 0:
+            # One heartbeat scan per submit: readiness and affinity both use it.
+            warm = await self.warm_workers(model)
+            if not warm:
                 raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
             if await self.queue_depth(model) >= self.settings.max_queued_jobs:
                 raise QueueFull(
                     f"{model} has {self.settings.max_queued_jobs} jobs waiting; retry later"
                 )
-            return await self._enqueue(job_id, spec, image, owner, model)
+            queue = await self._route(spec, owner, image.image_id, model, warm)
+            return await self._enqueue(job_id, spec, image, owner, model, queue)
         except (Sam2FleetError, RedisError):
             # Refused (no worker, queue full, Redis or the queue unreachable): nothing
             # was accepted, so the key may be used again. A cancelled request leaves the
@@ -145,7 +148,7 @@ class JobService:
             raise Conflict("a request with this Idempotency-Key is in progress; retry") from None
 
     async def _enqueue(
-        self, job_id: str, spec: JobSpec, image: ProbedImage, owner: str, model: str
+        self, job_id: str, spec: JobSpec, image: ProbedImage, owner: str, model: str, queue: str
     ) -> dict[str, Any]:
         record = {
             "id": job_id,
@@ -164,7 +167,6 @@ class JobService:
         pipe.expire(key, self.settings.job_ttl_s)
         await pipe.execute()
         try:
-            queue = await self._route(spec, owner, image.image_id, model)
             await anyio.to_thread.run_sync(partial(self._send, job_id, queue))
         except Exception as exc:
             await self.redis.delete(key)
@@ -172,7 +174,9 @@ class JobService:
         metrics.job_submitted(job_id, model, spec.mode)
         return job_public_dict({k: str(v) for k, v in record.items()}, None)
 
-    async def _route(self, spec: JobSpec, owner: str, image_id: str, model: str) -> str:
+    async def _route(
+        self, spec: JobSpec, owner: str, image_id: str, model: str, warm: list[dict[str, str]]
+    ) -> str:
         """The worker holding this image's embedding if it is alive and not backed up
         (image affinity), else the model's shared queue."""
         shared = self.settings.queue_for(model)
@@ -182,8 +186,10 @@ class JobService:
         if held_by is None:
             return shared
         queue = held_by.decode()
-        live = {w.get("queue") for w in await self.workers() if w.get("warm") == "1"}
-        if queue in live and await self.redis.llen(queue) < self.settings.affinity_max_backlog:
+        if (
+            queue in {w.get("queue") for w in warm}
+            and await self.redis.llen(queue) < self.settings.affinity_max_backlog
+        ):
             return queue
         return shared
 
@@ -261,10 +267,13 @@ class JobService:
                 found.append(fields)
         return found
 
-    async def live_workers(self, model: str) -> int:
-        return sum(
-            1 for w in await self.workers() if w.get("model") == model and w.get("warm") == "1"
-        )
+    async def warm_workers(self, model: str | None = None) -> list[dict[str, str]]:
+        """Workers that finished their warm-up and were heard from recently."""
+        return [
+            w
+            for w in await self.workers()
+            if w.get("warm") == "1" and (model is None or w.get("model") == model)
+        ]
 
     async def queue_depth(self, model: str) -> int:
         return int(await self.redis.llen(self.settings.queue_for(model)))

@@ -24,7 +24,7 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     """Ready: Redis answers and a worker finished its warm-up inference recently."""
     try:
         await service.redis.ping()
-        workers = [w for w in await service.workers() if w.get("warm") == "1"]
+        workers = await service.warm_workers()
     except (RedisError, OSError) as exc:
         return JSONResponse(
             {

@@ -14,13 +14,13 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("", response_model=list[ModelPublic])
 async def list_models(service: ServiceDep, settings: SettingsDep, _: Owner) -> list[ModelPublic]:
-    workers = await service.workers()
+    warm = await service.warm_workers()
     return [
         ModelPublic(
             name=name,
             config=spec.config,
             default=name == settings.model,
-            workers=sum(1 for w in workers if w.get("model") == name and w.get("warm") == "1"),
+            workers=sum(1 for w in warm if w.get("model") == name),
             queued=await service.queue_depth(name),
         )
         for name, spec in MODELS.items()
