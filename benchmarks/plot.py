@@ -56,7 +56,11 @@ def panels() -> list[tuple[str, str, list[tuple[str, float, float]]]]:
                 "throughput",
                 "img/s",
                 [
-                    (f"c={r['concurrency']}", r["fleet_images_per_s"], r["direct_images_per_s"])
+                    (
+                        f"c={r['concurrency']}{' batch' if r.get('cross_job_batching') else ''}",
+                        r["fleet_images_per_s"],
+                        r["direct_images_per_s"],
+                    )
                     for r in t["rows"]
                 ],
             )

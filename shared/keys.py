@@ -12,7 +12,11 @@
                            str   the private queue of the worker holding that
                                  image's embedding                     TTL affinity_ttl_s
     {p}:private_queues:{model}
-                           set   every worker's private queue, swept for dead ones
+                           set   every worker's private queue and in-flight list,
+                                 swept for dead workers' ones
+    {p}:inflight:{worker}  list  Celery messages of jobs a worker took into a batch
+                                 (cross-job batching); back to the shared queue if
+                                 the worker dies
     {p}:fault:{image_id}   str   injected fault (test seam, fault_injection only)
     {p}.{model}            list  the model's shared Celery queue (kombu's layout)
     {p}.{model}.w.{worker} list  one worker's private queue (image affinity)
@@ -66,6 +70,9 @@ class Keys:
 
     def private_queues(self, model: str) -> str:
         return f"{self.prefix}:private_queues:{model}"
+
+    def inflight(self, worker: str) -> str:
+        return f"{self.prefix}:inflight:{worker}"
 
     def fault(self, image_id: str) -> str:
         return f"{self.prefix}:fault:{image_id}"

@@ -42,6 +42,7 @@ LATENCY_BUCKETS = (
 SIZE_BUCKETS = tuple(float(256 * 4**i) for i in range(10))  # 256 B .. 64 MiB
 # Prompts decoded against one image embedding: 1 object .. a 128x128 point grid.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384)
+ENCODER_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 MODES = ("prompt", "auto")
 # Where one job's time goes, in the order it is spent (`timings.<stage>_s`).

@@ -135,6 +135,11 @@ class ModelStamp(BaseModel):
     name: str
     checkpoint_sha256: str
     weights: Literal["checkpoint", "random"]
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Compute precision the worker ran SAM 2 in (bf16/fp16: autocast on "
+        "CUDA; masks may differ from fp32 by a few edge pixels).",
+    )
 
 
 class Segmentation(BaseModel):
@@ -166,6 +171,12 @@ class Timings(BaseModel):
         None,
         description="Prompt mode: the image's embedding came from the worker's cache "
         "(no fetch, decode or encoder run).",
+    )
+    encoder_batch_size: int | None = Field(
+        None,
+        description="Prompt mode: images encoded in the same forward pass as this job's "
+        "(cross-job batching; 1 when encoded alone, absent on a cache hit). embed_s is "
+        "that whole pass.",
     )
 
 

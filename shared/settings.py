@@ -99,6 +99,47 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="Torch CPU threads of a worker; unset: torch's default."
     )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Compute precision of SAM 2 on a worker: `auto` = bf16 autocast on a "
+        "CUDA device that supports it, else fp32; `fp32`; `bf16`; `fp16` (CUDA only).",
+    )
+    compile_encoder: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off",
+        description="torch.compile the image encoder with this mode; the worker compiles "
+        "during its warm-up (minutes on a GPU) before it reports ready.",
+    )
+    gpu_memory_budget_bytes: int = Field(
+        0,
+        ge=0,
+        description="Device memory one job may use beyond the model's weights; jobs "
+        "predicted to need more are split (automatic mode: fewer points per batch) or "
+        "refused with `input_too_large`. 0: gpu_memory_fraction of the card on CUDA, "
+        "no limit on CPU.",
+    )
+    gpu_memory_fraction: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="With gpu_memory_budget_bytes 0 on CUDA: the share of the card's "
+        "memory a worker plans to use, minus what it already holds (weights, cached "
+        "embeddings); below 1 for the CUDA context and fragmentation.",
+    )
+    batch_max_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Cross-job batching: most prompt-mode jobs a worker takes at once; "
+        "their images go through the encoder in one batched forward pass. 1 turns "
+        "batching off.",
+    )
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a worker holding one prompt job waits for more to arrive "
+        "before encoding; 0 batches only the jobs already queued (no added latency).",
+    )
     fast_auto: bool = Field(
         True,
         description="Automatic mode uses worker/fast_amg.py (same masks as Meta's "

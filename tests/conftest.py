@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,21 @@ def start_fleet(
         fleet.stop()
         raise
     return fleet
+
+
+def fleet_fixture(prefix: str, **env: str) -> Any:
+    """A module-scoped fixture: a whole fleet with these settings, on its own prefix."""
+
+    @pytest.fixture(scope="module")
+    def _fleet(
+        redis_server: RedisServer, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Fleet]:
+        log_dir = tmp_path_factory.mktemp(prefix)
+        f = start_fleet(redis_server, tiny_checkpoint, log_dir, prefix, SMALL, **env)
+        yield f
+        f.stop()
+
+    return _fleet
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,11 @@ import logging
 import os
 import sys
 
+# Before torch touches CUDA: with image sizes that vary job to job, expandable
+# segments keep the caching allocator from fragmenting into many odd-sized blocks.
+# An explicit setting in the environment wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,

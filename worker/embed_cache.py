@@ -21,6 +21,10 @@ class Embedding:
     orig_hw: list[tuple[int, int]]
     nbytes: int
 
+    @classmethod
+    def of(cls, features: dict[str, Any], orig_hw: list[tuple[int, int]]) -> Embedding:
+        return cls(features, list(orig_hw), _nbytes(features))
+
 
 def _nbytes(features: dict[str, Any]) -> int:
     tensors = [features["image_embed"], *features["high_res_feats"]]
@@ -38,6 +42,10 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __contains__(self, key: object) -> bool:
+        # A peek: neither a hit nor a miss, and no change to the eviction order.
+        return key in self._items
+
     def get(self, key: tuple[str, ...]) -> Embedding | None:
         item = self._items.get(key)
         if item is None:
@@ -50,7 +58,9 @@ class EmbeddingCache:
     def put(
         self, key: tuple[str, ...], features: dict[str, Any], orig_hw: list[tuple[int, int]]
     ) -> None:
-        item = Embedding(features, list(orig_hw), _nbytes(features))
+        self.add(key, Embedding.of(features, orig_hw))
+
+    def add(self, key: tuple[str, ...], item: Embedding) -> None:
         if item.nbytes > self.max_bytes:
             return  # larger than the whole budget: not worth evicting everything for
         old = self._items.pop(key, None)

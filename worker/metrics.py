@@ -27,7 +27,15 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, MODES, OUTCOMES, STAGES, error_types
+from shared.metrics import (
+    BATCH_BUCKETS,
+    ENCODER_BATCH_BUCKETS,
+    LATENCY_BUCKETS,
+    MODES,
+    OUTCOMES,
+    STAGES,
+    error_types,
+)
 from worker.observability import node_name
 from worker.store import JobStore
 
@@ -68,6 +76,13 @@ BATCH_SIZE = Histogram(
     "(auto mode, points_per_side squared).",
     ["model", "mode", "worker"],
     buckets=BATCH_BUCKETS,
+)
+ENCODER_BATCH = Histogram(
+    "sam2fleet_encoder_batch_size",
+    "Prompt jobs whose image was encoded, by how many images shared that image-encoder "
+    "forward pass (cross-job batching; 1 = encoded alone). Observed once per job.",
+    ["model", "worker"],
+    buckets=ENCODER_BATCH_BUCKETS,
 )
 CACHE_HITS = Counter(
     "sam2fleet_embedding_cache_hits_total",
@@ -202,14 +217,15 @@ class ObservedJobStore(JobStore):
         # whatever its constructor's arguments are.
         self.__dict__.update(store.__dict__)
         self.worker, self.memory = worker, memory
-        self._current: tuple[str, dict[str, str]] | None = None
+        # Jobs started and not yet finished: more than one with cross-job batching.
+        self._current: dict[str, dict[str, str]] = {}
 
     def start(self, job_id: str) -> dict[str, str] | None:
         record = super().start(job_id)
         if record is None:
             self._not_started(job_id)
             return None
-        self._current = (job_id, record)
+        self._current[job_id] = record
         self.memory.reset_peak()
         model, mode = record["model"], record["mode"]
         queued = time.time() - float(record["created_at"])
@@ -228,6 +244,9 @@ class ObservedJobStore(JobStore):
                     STAGE_SECONDS.labels(model, mode, stage, self.worker).observe(seconds)
             if written:
                 MASKS.labels(model, mode, self.worker).inc(len(result.get("masks", [])))
+                batched = result.get("timings", {}).get("encoder_batch_size")
+                if batched:
+                    ENCODER_BATCH.labels(model, self.worker).observe(batched)
                 hit = result.get("timings", {}).get("embedding_cache_hit")
                 if hit is not None:
                     (CACHE_HITS if hit else CACHE_MISSES).labels(model, self.worker).inc()
@@ -271,8 +290,7 @@ class ObservedJobStore(JobStore):
         JOBS_FINISHED.labels(model, mode, "skipped", self.worker).inc()
 
     def _take(self, job_id: str) -> dict[str, str] | None:
-        current, self._current = self._current, None
-        return current[1] if current is not None and current[0] == job_id else None
+        return self._current.pop(job_id, None)
 
     def _finished(self, record: dict[str, str], outcome: str) -> None:
         model, mode = record["model"], record["mode"]

@@ -18,7 +18,8 @@ import torch
 from shared.checkpoints import sha256_file
 from shared.schemas import AutoParams, ModelStamp, Prompt
 from shared.settings import Settings
-from worker.embed_cache import EmbeddingCache
+from worker.acceleration import autocast, compile_image_encoder, resolve_precision
+from worker.embed_cache import Embedding, EmbeddingCache
 from worker.weights import ResolvedWeights, hydra_overrides, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class SegmentationModel:
             hydra_overrides_extra=hydra_overrides(settings.model_image_size),
         )
         self.image_size: int = self.model.image_size
+        self.precision = resolve_precision(settings.precision, self.device)
+        # Lazy: the warm-up's encoder pass pays for compiling, before the worker is ready.
+        self.compiled = compile_image_encoder(self.model, settings.compile_encoder)
         self.cache = EmbeddingCache(settings.embedding_cache_bytes)
         self.predictor = SAM2ImagePredictor(self.model)
         self.predictor._bb_feat_sizes = feature_sizes(self.image_size)
@@ -80,34 +84,59 @@ class SegmentationModel:
             name=self.weights.spec.name,
             checkpoint_sha256=self.checkpoint_sha256,
             weights=self.weights.kind,
+            precision=self.precision,
         )
         log.info(
-            "loaded %s (%s weights, sha256 %s) on %s at %d px in %.1fs",
+            "loaded %s (%s weights, sha256 %s) on %s at %d px, %s%s, in %.1fs",
             self.stamp.name,
             self.stamp.weights,
             self.checkpoint_sha256[:12],
             self.device,
             self.image_size,
+            self.precision,
+            f", encoder compiled ({settings.compile_encoder})" if self.compiled else "",
             self.load_seconds,
         )
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray, cache_key: tuple[str, ...] | None = None) -> None:
-        self.predictor.set_image(image)
+        with self._autocast():
+            self.predictor.set_image(image)
         if cache_key is not None:
             self.cache.put(cache_key, self.predictor._features, self.predictor._orig_hw)
 
-    def restore(self, cache_key: tuple[str, ...]) -> tuple[int, int] | None:
-        """Set a cached embedding as the current one; its (height, width), or None."""
-        item = self.cache.get(cache_key)
-        if item is None:
-            return None
+    @torch.inference_mode()
+    def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
+        """Encode several images in one forward pass (cross-job batching); one
+        embedding per image, each shaped as `embed` would have left it."""
+        with self._autocast():
+            self.predictor.set_image_batch(images)
+        features, sizes = self.predictor._features, self.predictor._orig_hw
+        self.predictor.reset_predictor()
+        out = []
+        for i, hw in enumerate(sizes):
+            # Copies, not views: a view would keep the whole batch's tensors alive
+            # for as long as any one image's embedding sits in the cache.
+            one = {
+                "image_embed": features["image_embed"][i : i + 1].clone(),
+                "high_res_feats": [f[i : i + 1].clone() for f in features["high_res_feats"]],
+            }
+            out.append(Embedding.of(one, [tuple(hw)]))
+        return out
+
+    def use(self, item: Embedding) -> tuple[int, int]:
+        """Make a stored embedding the current one; the image's (height, width)."""
         self.predictor.reset_predictor()
         self.predictor._features = item.features
         self.predictor._orig_hw = list(item.orig_hw)
         self.predictor._is_image_set = True
         height, width = item.orig_hw[0]
         return int(height), int(width)
+
+    def restore(self, cache_key: tuple[str, ...]) -> tuple[int, int] | None:
+        """Set a cached embedding as the current one; its (height, width), or None."""
+        item = self.cache.get(cache_key)
+        return None if item is None else self.use(item)
 
     @torch.inference_mode()
     def predict(self, prompts: list[Prompt], multimask: bool) -> list[ObjectMasks]:
@@ -118,13 +147,18 @@ class SegmentationModel:
         for index, prompt in enumerate(prompts):
             # One call per object: objects may differ in their number of points,
             # which SAM 2's batched decoder cannot mix in one tensor.
-            logits, scores, _ = self.predictor.predict(
-                point_coords=np.asarray(prompt.points, dtype=np.float32) if prompt.points else None,
-                point_labels=np.asarray(prompt.labels, dtype=np.int32) if prompt.labels else None,
-                box=np.asarray(prompt.box, dtype=np.float32) if prompt.box else None,
-                multimask_output=multimask,
-                return_logits=True,
-            )
+            with self._autocast():
+                logits, scores, _ = self.predictor.predict(
+                    point_coords=np.asarray(prompt.points, dtype=np.float32)
+                    if prompt.points
+                    else None,
+                    point_labels=np.asarray(prompt.labels, dtype=np.int32)
+                    if prompt.labels
+                    else None,
+                    box=np.asarray(prompt.box, dtype=np.float32) if prompt.box else None,
+                    multimask_output=multimask,
+                    return_logits=True,
+                )
             threshold = self.predictor.mask_threshold
             logits_t = torch.from_numpy(logits)
             stability = calculate_stability_score(logits_t, threshold, 1.0).numpy()
@@ -142,7 +176,13 @@ class SegmentationModel:
     @torch.inference_mode()
     def run_generator(self, generator: Any, image: np.ndarray) -> list[dict[str, Any]]:
         """Run an automatic generator from `automatic_generator`; records in COCO RLE."""
-        return generator.generate(image)
+        with self._autocast():
+            return generator.generate(image)
+
+    def _autocast(self) -> Any:
+        # Entered inside inference mode: there autocast keeps no low-precision copy
+        # of the weights it casts (worker/acceleration.py).
+        return autocast(self.device, self.precision)
 
     def automatic_generator(self, params: AutoParams) -> Any:
         """worker/fast_amg.py's generator (same records as Meta's, less work) with

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from shared.images import decode_rgb
 from shared.schemas import JobResult, JobSpec
+from worker.embed_cache import Embedding
 from worker.masks import auto_records, prompt_records
 from worker.model import SegmentationModel
 
 Checkpoint = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A job's image, already encoded in one forward pass with other jobs' images
+    (cross-job batching, worker/batching.py)."""
+
+    embedding: Embedding
+    decode_s: float
+    embed_s: float  # the whole batched pass: how long this job waited for it
+    batch_size: int
 
 
 def _no_checkpoint(stage: str) -> None:
@@ -30,11 +43,13 @@ def run_job(
     queue_s: float = 0.0,
     checkpoint: Checkpoint = _no_checkpoint,
     cache_key: tuple[str, ...] | None = None,
+    encoded: Encoded | None = None,
 ) -> dict[str, Any]:
     """`checkpoint(stage)` is called at each safe point between stages; it may raise
     to stop the job there (cancellation) or inject a fault (tests). With a
     `cache_key`, a prompt job on an image whose embedding the model still holds
-    skips fetching, decoding and encoding the image altogether."""
+    skips fetching, decoding and encoding the image altogether; so does one whose
+    image was `encoded` in a batch already."""
     timings: dict[str, Any] = {
         "queue_s": queue_s,
         "decode_s": 0.0,
@@ -42,8 +57,13 @@ def run_job(
         "predict_s": 0.0,
         "encode_s": 0.0,
     }
-    size = None
-    if spec.mode == "prompt" and cache_key is not None:
+    size, image = None, None
+    if spec.mode == "prompt" and encoded is not None:
+        size = model.use(encoded.embedding)
+        timings["decode_s"], timings["embed_s"] = encoded.decode_s, encoded.embed_s
+        timings["embedding_cache_hit"] = False
+        timings["encoder_batch_size"] = encoded.batch_size
+    elif spec.mode == "prompt" and cache_key is not None:
         size = model.restore(cache_key)
         timings["embedding_cache_hit"] = size is not None
     if size is None:
@@ -54,11 +74,14 @@ def run_job(
         checkpoint("decoded")
 
     if spec.mode == "prompt":
-        if not timings.get("embedding_cache_hit"):
+        if image is not None:  # neither cached nor encoded in a batch: encode it now
             mark = time.perf_counter()
             checkpoint("embed")
             model.embed(image, cache_key)
             timings["embed_s"] = _since(mark)
+            timings["encoder_batch_size"] = 1
+        elif encoded is not None:
+            checkpoint("embed")  # the same safe point as an image encoded alone
         checkpoint("embedded")
         mark = time.perf_counter()
         objects = model.predict(spec.prompts, spec.multimask)

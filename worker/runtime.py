@@ -17,6 +17,7 @@ import torch
 
 from shared.keys import Keys
 from shared.settings import Settings
+from worker.batching import Gatherer
 from worker.gpu import CacheClearer
 from worker.metrics import observe
 from worker.model import SegmentationModel
@@ -36,6 +37,7 @@ class Runtime:
     stop_event: threading.Event
     queue: str = ""  # this worker's private queue (image affinity)
     warm: bool = False
+    gatherer: Gatherer | None = None  # cross-job batching; None when turned off
 
     def claim_affinity(self, owner: str, image_id: str) -> None:
         """Tell the gateway this worker holds the image's embedding now."""
@@ -54,8 +56,10 @@ class Runtime:
         registry = self.store.keys.private_queues(self.model.stamp.name)
         # Registered on every beat (so before any job can be routed here, and again
         # if a sweep raced this worker's first beat): a dead worker's queue is known.
-        r.sadd(registry, self.queue)
-        live = {r.hget(k, "queue") for k in r.scan_iter(self.store.keys.workers_pattern())}
+        r.sadd(registry, self.queue, self.inflight)
+        live = set()
+        for key in r.scan_iter(self.store.keys.workers_pattern()):
+            live.update(r.hmget(key, "queue", "inflight"))
         moved = 0
         for queue in r.smembers(registry) - live:
             while r.lmove(queue, shared, "RIGHT", "RIGHT") is not None:
@@ -64,6 +68,11 @@ class Runtime:
         if moved:
             log.warning("moved %d job(s) from dead workers' queues to %s", moved, shared)
         return moved
+
+    @property
+    def inflight(self) -> str:
+        """The list holding the messages of jobs this process took into a batch."""
+        return self.store.keys.inflight(self.name)
 
     def beat(self) -> None:
         self.store.heartbeat(
@@ -75,6 +84,7 @@ class Runtime:
                 "warm": int(self.warm),
                 "pid": os.getpid(),
                 "queue": self.queue,
+                "inflight": self.inflight,
                 "cuda_cache_clears": self.clearer.clears,
                 "cuda_cache_bytes_released": self.clearer.bytes_released,
             },
@@ -127,6 +137,15 @@ def start(settings: Settings) -> Runtime:
     seconds = model.warmup()
     runtime.warm = True
     observe(runtime, seconds)  # metrics: wraps runtime.store, serves /metrics
+    if settings.batch_max_size > 1:
+        runtime.gatherer = Gatherer(
+            runtime.store,  # the observed one: batched jobs count too
+            queues=[runtime.queue, settings.queue_for(model.stamp.name)],
+            shared_queue=settings.queue_for(model.stamp.name),
+            inflight=runtime.inflight,
+            max_size=settings.batch_max_size,
+            wait_s=settings.batch_wait_ms / 1000,
+        )
     log.info("warm-up inference took %.2fs; worker %s ready", seconds, runtime.name)
     threading.Thread(
         target=_heartbeat_loop, args=(runtime,), daemon=True, name="sam2fleet-heartbeat"

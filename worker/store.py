@@ -110,6 +110,12 @@ class JobStore:
     def image_bytes(self, owner: str, image_id: str) -> bytes | None:
         return self._retrying(lambda: self.redis.hget(self.keys.image(owner, image_id), "data"))
 
+    def image_hw(self, owner: str, image_id: str) -> tuple[int, int] | None:
+        """(height, width) from the upload's probe, without fetching the pixels."""
+        key = self.keys.image(owner, image_id)
+        height, width = self._retrying(lambda: self.redis.hmget(key, "height", "width"))
+        return None if height is None or width is None else (int(height), int(width))
+
     def fault(self, image_id: str) -> str | None:
         value = self.redis.get(self.keys.fault(image_id))
         return value.decode() if value else None
@@ -127,6 +133,9 @@ class JobStore:
                 lambda: self._finish(keys=keys, args=[status, result, error, time.time()])
             )
         )
+
+    def task_ended(self, job_id: str, retval: object) -> None:
+        """Called once a job's run is over, whatever its outcome (metrics hook)."""
 
     def heartbeat(self, name: str, fields: dict[str, Any], ttl_s: float) -> None:
         key = self.keys.worker(name)

@@ -1,5 +1,9 @@
 """The segmentation task: fetch the job, run the pipeline, write the result once.
 
+Prompt jobs waiting in the queue are taken into the same task and encoded in one
+batched forward pass (worker/batching.py). Each job is first admitted by its
+predicted memory (worker/admission.py).
+
 Failure handling, by kind:
 - a bad job (bad image, too large, timeout): the job fails with its error type;
 - CUDA out of memory: automatic mode retries with half the points per batch, down
@@ -26,8 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared.errors import InputTooLarge, InvalidImage, Sam2FleetError
 from shared.queue import SEGMENT_TASK
 from shared.schemas import JobSpec
-from worker import faults, runtime
-from worker.pipeline import run_job
+from worker import admission, batching, faults, pipeline, runtime
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,20 @@ def segment(job_id: str) -> str:
         log.info("job %s skipped: gone, cancelled, finished or out of attempts", job_id)
         return "skipped"
     try:
-        rt.store.succeed(job_id, _run(rt, job_id, record))
+        if record.get("mode") == "prompt" and rt.gatherer is not None:
+            taken = rt.gatherer.take(rt.settings.batch_max_size - 1)
+            if taken:
+                return _run_batch(rt, job_id, record, taken)
+        outcome = _settle(rt, job_id, lambda: _run(rt, job_id, record))
+        return "failed" if outcome == "timeout" else outcome
+    finally:
+        rt.clearer.after_batch()
+
+
+def _settle(rt: runtime.Runtime, job_id: str, compute: Callable[[], dict[str, Any]]) -> str:
+    """Run one job and write its terminal state; the outcome, "timeout" included."""
+    try:
+        rt.store.succeed(job_id, compute())
         return "succeeded"
     except JobCancelled:
         log.info("job %s cancelled while running; stopped at a safe point", job_id)
@@ -57,21 +73,131 @@ def segment(job_id: str) -> str:
         return "failed"
     except SoftTimeLimitExceeded:
         rt.store.fail(job_id, {"type": "timeout", "message": "the job ran past its time limit"})
-        return "failed"
+        return "timeout"
     except Exception as exc:
         if _is_cuda_error(exc):
-            log.critical("job %s: CUDA error, replacing this worker process: %s", job_id, exc)
-            rt.store.forget_worker(rt.name)
-            logging.shutdown()
-            os._exit(CUDA_ERROR_EXIT)  # unacknowledged: the job is redelivered
+            _exit_after_cuda_error(rt, job_id, exc)
         log.exception("job %s failed", job_id)
         rt.store.fail(job_id, {"type": "internal", "message": f"{type(exc).__name__}: {exc}"})
         return "failed"
+
+
+def _exit_after_cuda_error(rt: runtime.Runtime, job_id: str, exc: BaseException) -> None:
+    log.critical("job %s: CUDA error, replacing this worker process: %s", job_id, exc)
+    rt.store.forget_worker(rt.name)  # batched jobs' messages are swept back at once
+    logging.shutdown()
+    os._exit(CUDA_ERROR_EXIT)  # unacknowledged: the job is redelivered
+
+
+def _run_batch(
+    rt: runtime.Runtime, job_id: str, record: dict[str, str], taken: list[batching.Taken]
+) -> str:
+    """The task's own job plus `taken` ones: cached images answered first, the rest
+    encoded in one forward pass, each job then decoded and written on its own. The
+    task's own job always ends here with a terminal state; a taken job ends either
+    so or back in the shared queue (never only in this process's memory)."""
+    gatherer = rt.gatherer
+    assert gatherer is not None
+    messages = {t.job_id: t.message for t in taken}
+    pending = [(job_id, record)] + [(t.job_id, t.record) for t in taken]
+    log.info("job %s: batched with %d more prompt job(s)", job_id, len(taken))
+    outcome = "failed"
+
+    def finish(jid: str, rec: dict[str, str], encoded: pipeline.Encoded | None) -> str:
+        result = _settle(rt, jid, lambda: _run(rt, jid, rec, encoded))
+        pending.remove((jid, rec))
+        if jid in messages:
+            gatherer.done(messages.pop(jid))
+            if result == "cancelled":
+                rt.store.task_ended(jid, result)
+        return result
+
+    try:
+        # Clicks on images already embedded cost milliseconds; never make them wait
+        # for the encoder pass over the others.
+        for jid, rec in [j for j in pending if _cache_key(rt, j[1]) in rt.model.cache]:
+            done = finish(jid, rec, None)
+            outcome = done if jid == job_id else outcome
+            if done == "timeout":
+                return "failed"
+        try:
+            encoded = _encode_pending(rt, pending)
+        except SoftTimeLimitExceeded:
+            if any(jid == job_id for jid, _ in pending):
+                rt.store.fail(
+                    job_id, {"type": "timeout", "message": "the job ran past its time limit"}
+                )
+            return "failed"
+        for jid, rec in list(pending):
+            done = finish(jid, rec, encoded.get(_cache_key(rt, rec)))
+            outcome = done if jid == job_id else outcome
+            if done == "timeout":
+                return "failed"
+        return "failed" if outcome == "timeout" else outcome
     finally:
-        rt.clearer.after_batch()
+        for jid, _ in pending:  # stopped early: whoever is left runs again elsewhere
+            if jid in messages:
+                gatherer.give_back(messages.pop(jid))
 
 
-def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, Any]:
+def _encode_pending(
+    rt: runtime.Runtime, pending: list[tuple[str, dict[str, str]]]
+) -> dict[tuple[str, ...], pipeline.Encoded]:
+    """Decode each distinct image of the pending jobs once, encode them together.
+    Anything that goes wrong here leaves the jobs to encode alone, where the error
+    (a bad image, out of memory) is reported against the job it belongs to."""
+    images: dict[tuple[str, ...], tuple[Any, float]] = {}
+    for jid, rec in pending:
+        key = _cache_key(rt, rec)
+        if key in images or rt.store.status(jid) == "cancelled":
+            continue
+        data = rt.store.image_bytes(rec.get("owner", "anon"), rec["image_id"])
+        try:
+            images[key] = batching.decode_timed(data or b"", rt.settings.max_image_pixels)
+        except Sam2FleetError:
+            continue
+    if len(images) < 2:
+        return {}  # nothing to share: each job takes the ordinary path
+    budget = _budget(rt)
+    if budget > 0:
+        spec = JobSpec.model_validate_json(pending[0][1]["spec"])
+        need = admission.estimate_bytes(
+            rt.model.stamp.name,
+            (0, 0),  # the encoder's share: the same for any image size
+            spec,
+            image_size=rt.model.image_size,
+            batch=len(images),
+            precision=rt.model.precision,
+        )
+        if need > budget:
+            log.info("a batch of %d images would not fit the memory budget", len(images))
+            return {}
+    try:
+        return batching.encode_together(rt.model, images, rt.settings.embedding_cache_bytes > 0)
+    except torch.OutOfMemoryError:
+        log.warning("batched encode of %d images ran out of memory; encoding alone", len(images))
+        _release_memory(rt)
+        return {}
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        if _is_cuda_error(exc):
+            _exit_after_cuda_error(rt, pending[0][0], exc)
+        log.exception("batched encode failed; encoding alone")
+        return {}
+
+
+def _cache_key(rt: runtime.Runtime, record: dict[str, str]) -> tuple[str, ...]:
+    # Keyed by owner too: one key's upload never answers another key's job.
+    return (rt.model.stamp.name, record.get("owner", "anon"), record["image_id"])
+
+
+def _run(
+    rt: runtime.Runtime,
+    job_id: str,
+    record: dict[str, str],
+    encoded: pipeline.Encoded | None = None,
+) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(record["spec"])
     owner, image_id = record.get("owner", "anon"), record["image_id"]
 
@@ -81,15 +207,12 @@ def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, 
             raise InvalidImage("the job's image expired before a worker took the job")
         return data
 
-    # Keyed by owner too: one key's upload never answers another key's job.
-    cache_key = (
-        (rt.model.stamp.name, owner, image_id) if rt.settings.embedding_cache_bytes > 0 else None
-    )
-    notes: list[str] = []
+    cache_key = _cache_key(rt, record) if rt.settings.embedding_cache_bytes > 0 else None
+    spec, notes = _admit(rt, spec, owner, image_id)
     while True:
         checkpoint = _checkpoint(rt, job_id, image_id, spec)
         try:
-            result = run_job(
+            result = pipeline.run_job(
                 rt.model,
                 spec,
                 image_id,
@@ -98,6 +221,7 @@ def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, 
                 queue_s=round(time.time() - float(record["created_at"]), 6),
                 checkpoint=checkpoint,
                 cache_key=cache_key,
+                encoded=encoded,
             )
         except torch.OutOfMemoryError:
             _release_memory(rt)
@@ -111,6 +235,36 @@ def _run(rt: runtime.Runtime, job_id: str, record: dict[str, str]) -> dict[str, 
         if spec.mode == "prompt":
             rt.claim_affinity(owner, image_id)
         return result
+
+
+def _budget(rt: runtime.Runtime) -> int:
+    # Per job, not once: what the model and the embedding cache hold keeps changing.
+    return admission.device_budget_bytes(
+        rt.model.device, rt.settings.gpu_memory_fraction, rt.settings.gpu_memory_budget_bytes
+    )
+
+
+def _admit(
+    rt: runtime.Runtime, spec: JobSpec, owner: str, image_id: str
+) -> tuple[JobSpec, list[str]]:
+    """Admission by predicted memory: the spec to run (automatic mode may get fewer
+    points per batch) and notes saying so; `InputTooLarge` when nothing fits."""
+    budget = _budget(rt)
+    if budget <= 0:
+        return spec, []
+    hw = rt.store.image_hw(owner, image_id)
+    if hw is None:
+        return spec, []  # the image is gone; fetching it fails the job with that reason
+    return admission.admit(
+        spec,
+        hw,
+        budget,
+        model_name=rt.model.stamp.name,
+        image_size=rt.model.image_size,
+        min_points_per_batch=rt.settings.oom_min_points_per_batch,
+        precision=rt.model.precision,
+        fast_auto=rt.settings.fast_auto,
+    )
 
 
 def _checkpoint(

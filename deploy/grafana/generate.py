@@ -489,12 +489,24 @@ def throughput() -> Board:
     )
     b.panel(
         "Embedding cache hits and misses/s",
-        "Reserved for the embedding cache; stays at 0 until there is one.",
+        "Prompt jobs answered from a worker's cached image embedding (no encoder run) "
+        "and those that ran the encoder. Few hits with interactive clients: affinity is "
+        "not reaching the worker, or the cache is too small.",
         [
             (f"sum(rate(sam2fleet_embedding_cache_hits_total{{{sel}}}[{RI}]))", "hits"),
             (f"sum(rate(sam2fleet_embedding_cache_misses_total{{{sel}}}[{RI}]))", "misses"),
         ],
         unit="reqps",
+        width=8,
+    )
+    b.panel(
+        "Encoder batch size p50 / p95 (cross-job batching)",
+        "Images sharing one image-encoder forward pass, per prompt job that ran the "
+        "encoder; 1 = encoded alone (nothing else was waiting).",
+        [
+            (q(p, "sam2fleet_encoder_batch_size", sel, "model"), f"p{int(p * 100)} {{{{model}}}}")
+            for p in (0.5, 0.95)
+        ],
         width=8,
     )
     return b

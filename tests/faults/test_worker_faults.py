@@ -187,3 +187,26 @@ def test_a_pickled_message_is_refused_never_executed(faulty: FaultFleet) -> None
         or "refusing to deserialize" in faulty.log("w0").lower()
     )
     assert run(faulty.base_url, faulty.job_body())["status"] == "succeeded"
+
+
+def test_jobs_taken_into_a_batch_survive_the_death_of_their_worker(faulty: FaultFleet) -> None:
+    # One job holds the worker; three queue behind it. The next task takes the first
+    # of them and batches the other two (out of the Celery queue, into the worker's
+    # in-flight list), then the first sleeps at its safe point and the process dies.
+    holder = submit(faulty.base_url, faulty.job_body("sleep:1"))
+    faulty.wait_status(holder["id"], "running")
+    first = submit(faulty.base_url, faulty.job_body("sleep:3"))
+    others = [submit(faulty.base_url, faulty.job_body()) for _ in range(2)]
+    for job in [first, *others]:
+        faulty.wait_status(job["id"], "running")  # the two others: started by the batch
+    inflight = [k for k in faulty.redis.scan_iter(f"{faulty.prefix}:inflight:*")]
+    assert [faulty.redis.llen(k) for k in inflight] == [2]
+    kill(faulty.model_pid())
+    for job in [first, *others]:
+        done = wait(faulty.base_url, job["id"], timeout=90)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2  # the batch's delivery died; the next one finished
+        assert _result_count(faulty, job["id"]) == 1
+        assert faulty.redis.hget(f"{faulty.prefix}:job:{job['id']}", "terminal_writes") == b"1"
+    assert faulty.redis.llen(inflight[0]) == 0
+    faulty.wait_ready()

@@ -29,6 +29,7 @@ def test_result_carries_the_contract_fields(fleet: Fleet) -> None:
     assert result["model"]["name"] == "sam2.1_hiera_tiny"
     assert len(result["model"]["checkpoint_sha256"]) == 64
     assert result["model"]["weights"] == "random"  # the test checkpoint is marked random
+    assert result["model"]["precision"] == "fp32"  # a CPU worker under precision=auto
     assert set(result["timings"]) == {
         "queue_s",
         "decode_s",
@@ -36,8 +37,10 @@ def test_result_carries_the_contract_fields(fleet: Fleet) -> None:
         "predict_s",
         "encode_s",
         "embedding_cache_hit",
+        "encoder_batch_size",
     }
     assert result["timings"]["embed_s"] > 0
+    assert result["timings"]["encoder_batch_size"] == 1  # nothing else was waiting
     assert result["timings"]["embedding_cache_hit"] is False  # a fresh image
     assert job["attempts"] == 1 and job["started_at"] >= job["created_at"]
     for m in result["masks"]:

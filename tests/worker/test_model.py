@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -10,7 +14,7 @@ from shared.schemas import Prompt
 from shared.settings import Settings
 from tests import oracle
 from tests.conftest import SMALL
-from tests.support import scene
+from tests.support import ROOT, scene
 from worker.gpu import CacheClearer
 from worker.masks import prompt_records, rle_decode
 from worker.model import SegmentationModel, feature_sizes
@@ -41,3 +45,15 @@ def test_loads_checkpoint_and_predicts_like_meta(tiny_checkpoint: Path) -> None:
 def test_cache_clearer_is_a_no_op_on_cpu() -> None:
     clearer = CacheClearer("always", 0, torch.device("cpu"))
     assert clearer.after_batch() == 0 and clearer.clears == 0
+
+
+def test_the_worker_turns_on_expandable_segments_unless_told_otherwise() -> None:
+    code = "import os, worker.celery_app; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'])"
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    env["SAM2FLEET_RANDOM_WEIGHTS"] = "1"  # importing the app resolves no weights
+    run = partial(subprocess.run, [sys.executable, "-c", code], cwd=ROOT, text=True)
+    out = run(env=env, capture_output=True, check=True).stdout
+    assert out.strip() == "expandable_segments:True"
+    env["PYTORCH_CUDA_ALLOC_CONF"] = "max_split_size_mb:128"
+    out = run(env=env, capture_output=True, check=True).stdout
+    assert out.strip() == "max_split_size_mb:128"
