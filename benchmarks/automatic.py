@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEVICE = os.environ.get("SAM2FLEET_DEVICE", "cpu")  # e.g. `cuda`
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
@@ -51,7 +53,7 @@ def main() -> None:
     spec = MODELS["sam2.1_hiera_tiny"]
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_random_checkpoint(spec, Path(tmp) / "tiny-random.pt", 0)
-        model = build_sam2(spec.config, str(ckpt), device="cpu", mode="eval")
+        model = build_sam2(spec.config, str(ckpt), device=DEVICE, mode="eval")
     image = _image()
     results = []
     for item in args.rounds.split(","):
@@ -110,7 +112,7 @@ def main() -> None:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "device": "cpu",
+            "device": DEVICE,
         },
         "results": results,
     }

@@ -135,6 +135,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--fault-interval", type=float, default=6.0, help="mean seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--batch-max-size",
+        type=int,
+        default=4,
+        help="cross-job batching on the workers (1: off); on by default so the faults "
+        "also hit jobs taken into batches",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -153,6 +160,7 @@ def main() -> int:
         SAM2FLEET_TASK_SOFT_TIME_LIMIT_S="12",
         SAM2FLEET_MAX_ATTEMPTS="5",
         SAM2FLEET_TORCH_THREADS="1",
+        SAM2FLEET_BATCH_MAX_SIZE=str(args.batch_max_size),
     )
     fleet = Fleet(env, work / "logs")
     names = [f"w{i}" for i in range(args.workers)]
@@ -222,9 +230,15 @@ def main() -> int:
             if f and f["status"] == "succeeded" and not r
         ),
         "jobs_run_more_than_once": sum(1 for f in finals if f and f.get("attempts", 0) > 1),
+        "jobs_encoded_in_a_batch": sum(
+            1
+            for f in finals
+            if f and (f.get("result") or {}).get("timings", {}).get("encoder_batch_size", 1) > 1
+        ),
         "seconds": round(time.monotonic() - started, 1),
         "seed": args.seed,
         "workers": args.workers,
+        "batch_max_size": args.batch_max_size,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")

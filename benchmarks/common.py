@@ -7,6 +7,7 @@ call side by side in one run.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +24,9 @@ from worker.model import feature_sizes  # noqa: E402
 from worker.weights import write_random_checkpoint  # noqa: E402
 
 TINY = MODELS["sam2.1_hiera_tiny"]
+# The device both sides run on: SAM2FLEET_DEVICE from the environment (e.g. `cuda`),
+# else the CPU. The fleet's workers get the same setting.
+DEVICE = os.environ.get("SAM2FLEET_DEVICE", "cpu")
 
 
 @contextmanager
@@ -34,6 +38,7 @@ def local_fleet(
     checkpoint = write_random_checkpoint(TINY, work / "tiny.pt", 0)
     redis = RedisServer.start(work / "redis")
     (work / "logs").mkdir()
+    env = {"SAM2FLEET_DEVICE": DEVICE, **env}
     fleet = Fleet(fleet_env(redis.url, checkpoint, prefix, image_size, **env), work / "logs")
     for i in range(workers):
         fleet.start_worker(f"w{i}")
@@ -52,7 +57,7 @@ def direct_predictor(checkpoint: Path, image_size: int | None) -> Any:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     overrides = [] if image_size is None else [f"++model.image_size={image_size}"]
-    model = build_sam2(TINY.config, str(checkpoint), device="cpu", hydra_overrides_extra=overrides)
+    model = build_sam2(TINY.config, str(checkpoint), device=DEVICE, hydra_overrides_extra=overrides)
     predictor = SAM2ImagePredictor(model)
     predictor._bb_feat_sizes = feature_sizes(model.image_size)
     return predictor

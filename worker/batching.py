@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from shared.errors import Sam2FleetError
 from shared.images import decode_rgb
 from shared.queue import SEGMENT_TASK
 from worker.model import SegmentationModel
@@ -30,6 +33,8 @@ from worker.pipeline import Encoded
 from worker.store import JobStore
 
 log = logging.getLogger(__name__)
+
+DECODE_THREADS = 4
 
 
 @dataclass
@@ -101,14 +106,20 @@ class Gatherer:
 
     def done(self, message: bytes) -> None:
         """The job has its terminal state: its message is no longer needed."""
-        self.redis.lrem(self.inflight, 1, message)
+        self.store.retrying(lambda: self.redis.lrem(self.inflight, 1, message))
 
     def give_back(self, message: bytes) -> None:
         """Return a job this worker will not run after all to the shared queue's head."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.rpush(self.shared_queue, message)
-        pipe.lrem(self.inflight, 1, message)
-        pipe.execute()
+
+        def move() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.rpush(self.shared_queue, message)
+            pipe.lrem(self.inflight, 1, message)
+            pipe.execute()
+
+        # Retried like the store's terminal writes: a Redis restart mid-batch must not
+        # leave the job only in this process's memory (the list survives it anyway).
+        self.store.retrying(move)
 
 
 def _job_id(message: bytes) -> str | None:
@@ -141,7 +152,31 @@ def encode_together(
     return out
 
 
-def decode_timed(data: bytes, max_pixels: int) -> tuple[np.ndarray, float]:
-    started = time.perf_counter()
-    image = decode_rgb(data, max_pixels=max_pixels)
-    return image, round(time.perf_counter() - started, 6)
+def decode_all(
+    loaders: dict[tuple[str, ...], Callable[[], bytes | None]], max_pixels: int
+) -> dict[tuple[str, ...], tuple[np.ndarray, float]]:
+    """Fetch and decode every image of a batch, several at once (Pillow releases the
+    GIL while it decodes), so the host's cores prepare the batch in parallel while
+    the device waits. Each decoded image with its decode seconds; an image that is
+    gone or does not decode is left out (its job then fails on its own path)."""
+
+    def one(load: Callable[[], bytes | None]) -> tuple[np.ndarray, float] | None:
+        try:
+            data = load()
+        except Exception:  # Redis gone past its retries: the job's own path reports it
+            log.warning("could not fetch an image for a batch", exc_info=True)
+            return None
+        if data is None:
+            return None
+        started = time.perf_counter()
+        try:
+            image = decode_rgb(data, max_pixels=max_pixels)
+        except Sam2FleetError:
+            return None
+        return image, round(time.perf_counter() - started, 6)
+
+    if not loaders:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(DECODE_THREADS, len(loaders))) as pool:
+        decoded = dict(zip(loaders, pool.map(one, loaders.values()), strict=True))
+    return {key: item for key, item in decoded.items() if item is not None}

@@ -137,13 +137,14 @@ def start(settings: Settings) -> Runtime:
     seconds = model.warmup()
     runtime.warm = True
     observe(runtime, seconds)  # metrics: wraps runtime.store, serves /metrics
-    if settings.batch_max_size > 1:
+    batch_size = settings.batch_size_for(model.device.type)
+    if batch_size > 1:
         runtime.gatherer = Gatherer(
             runtime.store,  # the observed one: batched jobs count too
             queues=[runtime.queue, settings.queue_for(model.stamp.name)],
             shared_queue=settings.queue_for(model.stamp.name),
             inflight=runtime.inflight,
-            max_size=settings.batch_max_size,
+            max_size=batch_size,
             wait_s=settings.batch_wait_ms / 1000,
         )
     log.info("warm-up inference took %.2fs; worker %s ready", seconds, runtime.name)

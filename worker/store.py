@@ -71,7 +71,7 @@ class JobStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
 
-    def _retrying(self, call: Callable[[], T]) -> T:
+    def retrying(self, call: Callable[[], T]) -> T:
         """Ride out a Redis restart: a computed result is worth a few seconds' wait."""
         deadline = time.monotonic() + self.retry_s
         delay = 0.2
@@ -93,7 +93,7 @@ class JobStore:
                 "message": f"the job's worker died on each of its {self.max_attempts} attempts",
             }
         )
-        state = self._retrying(
+        state = self.retrying(
             lambda: self._start(
                 keys=[self.keys.job(job_id), self.keys.done(job_id)],
                 args=[time.time(), self.max_attempts, error],
@@ -101,19 +101,19 @@ class JobStore:
         )
         if state != b"running":
             return None
-        return decode_hash(self._retrying(lambda: self.redis.hgetall(self.keys.job(job_id))))
+        return decode_hash(self.retrying(lambda: self.redis.hgetall(self.keys.job(job_id))))
 
     def status(self, job_id: str) -> str | None:
-        value = self._retrying(lambda: self.redis.hget(self.keys.job(job_id), "status"))
+        value = self.retrying(lambda: self.redis.hget(self.keys.job(job_id), "status"))
         return value.decode() if value else None
 
     def image_bytes(self, owner: str, image_id: str) -> bytes | None:
-        return self._retrying(lambda: self.redis.hget(self.keys.image(owner, image_id), "data"))
+        return self.retrying(lambda: self.redis.hget(self.keys.image(owner, image_id), "data"))
 
     def image_hw(self, owner: str, image_id: str) -> tuple[int, int] | None:
         """(height, width) from the upload's probe, without fetching the pixels."""
         key = self.keys.image(owner, image_id)
-        height, width = self._retrying(lambda: self.redis.hmget(key, "height", "width"))
+        height, width = self.retrying(lambda: self.redis.hmget(key, "height", "width"))
         return None if height is None or width is None else (int(height), int(width))
 
     def fault(self, image_id: str) -> str | None:
@@ -129,7 +129,7 @@ class JobStore:
     def _terminal(self, job_id: str, status: str, result: str, error: str) -> bool:
         keys = [self.keys.job(job_id), self.keys.result(job_id), self.keys.done(job_id)]
         return bool(
-            self._retrying(
+            self.retrying(
                 lambda: self._finish(keys=keys, args=[status, result, error, time.time()])
             )
         )

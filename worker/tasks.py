@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -51,7 +52,7 @@ def segment(job_id: str) -> str:
         return "skipped"
     try:
         if record.get("mode") == "prompt" and rt.gatherer is not None:
-            taken = rt.gatherer.take(rt.settings.batch_max_size - 1)
+            taken = rt.gatherer.take(rt.gatherer.max_size - 1)
             if taken:
                 return _run_batch(rt, job_id, record, taken)
         outcome = _settle(rt, job_id, lambda: _run(rt, job_id, record))
@@ -123,11 +124,7 @@ def _run_batch(
         try:
             encoded = _encode_pending(rt, pending)
         except SoftTimeLimitExceeded:
-            if any(jid == job_id for jid, _ in pending):
-                rt.store.fail(
-                    job_id, {"type": "timeout", "message": "the job ran past its time limit"}
-                )
-            return "failed"
+            return "failed"  # the task's own job fails below, the others go back
         for jid, rec in list(pending):
             done = finish(jid, rec, encoded.get(_cache_key(rt, rec)))
             outcome = done if jid == job_id else outcome
@@ -135,9 +132,17 @@ def _run_batch(
                 return "failed"
         return "failed" if outcome == "timeout" else outcome
     finally:
-        for jid, _ in pending:  # stopped early: whoever is left runs again elsewhere
+        # Stopped early (a time limit): taken jobs left over run again elsewhere. The
+        # task's own message is acknowledged when the task returns, so its job must
+        # end here.
+        for jid, _ in pending:
             if jid in messages:
                 gatherer.give_back(messages.pop(jid))
+            elif jid == job_id:
+                rt.store.fail(
+                    job_id,
+                    {"type": "timeout", "message": "the job's batch ran past its time limit"},
+                )
 
 
 def _encode_pending(
@@ -146,16 +151,13 @@ def _encode_pending(
     """Decode each distinct image of the pending jobs once, encode them together.
     Anything that goes wrong here leaves the jobs to encode alone, where the error
     (a bad image, out of memory) is reported against the job it belongs to."""
-    images: dict[tuple[str, ...], tuple[Any, float]] = {}
+    loaders: dict[tuple[str, ...], Callable[[], bytes | None]] = {}
     for jid, rec in pending:
         key = _cache_key(rt, rec)
-        if key in images or rt.store.status(jid) == "cancelled":
+        if key in loaders or rt.store.status(jid) == "cancelled":
             continue
-        data = rt.store.image_bytes(rec.get("owner", "anon"), rec["image_id"])
-        try:
-            images[key] = batching.decode_timed(data or b"", rt.settings.max_image_pixels)
-        except Sam2FleetError:
-            continue
+        loaders[key] = partial(rt.store.image_bytes, rec.get("owner", "anon"), rec["image_id"])
+    images = batching.decode_all(loaders, rt.settings.max_image_pixels)
     if len(images) < 2:
         return {}  # nothing to share: each job takes the ordinary path
     budget = _budget(rt)

@@ -27,6 +27,7 @@ FAULT_ENV = {
     "SAM2FLEET_MAX_ATTEMPTS": "3",
     "SAM2FLEET_MAX_QUEUED_JOBS": "3",
     "SAM2FLEET_REDIS_RETRY_S": "20",
+    "SAM2FLEET_BATCH_MAX_SIZE": "4",  # batching on, as on a GPU worker
 }
 
 

@@ -210,3 +210,21 @@ def test_jobs_taken_into_a_batch_survive_the_death_of_their_worker(faulty: Fault
         assert faulty.redis.hget(f"{faulty.prefix}:job:{job['id']}", "terminal_writes") == b"1"
     assert faulty.redis.llen(inflight[0]) == 0
     faulty.wait_ready()
+
+
+def test_a_time_limit_mid_batch_fails_that_job_and_requeues_the_rest(
+    faulty: FaultFleet,
+) -> None:
+    holder = submit(faulty.base_url, faulty.job_body("sleep:1"))
+    faulty.wait_status(holder["id"], "running")
+    slow = submit(faulty.base_url, faulty.job_body("sleep:30"))  # past the 10 s soft limit
+    others = [submit(faulty.base_url, faulty.job_body()) for _ in range(2)]
+    timed_out = wait(faulty.base_url, slow["id"], timeout=60)
+    assert timed_out["status"] == "failed" and timed_out["error"]["type"] == "timeout"
+    for job in others:
+        done = wait(faulty.base_url, job["id"], timeout=60)
+        # Taken into the slow job's batch (attempt 1), given back unrun when its time
+        # ran out, then run on their own (attempt 2).
+        assert done["status"] == "succeeded" and done["attempts"] == 2, done
+        assert _result_count(faulty, job["id"]) == 1
+    assert "batched with 2 more prompt job(s)" in faulty.log("w0")

@@ -211,3 +211,10 @@ class _Named:
 
     def __init__(self, name: str) -> None:
         self.stamp = type("Stamp", (), {"name": name})()
+
+
+def test_batching_defaults_on_for_cuda_and_off_for_cpu() -> None:
+    assert Settings().batch_size_for("cuda") == 8
+    assert Settings().batch_size_for("cpu") == 1  # measured slower per image on CPU
+    assert Settings(batch_max_size=3).batch_size_for("cpu") == 3
+    assert Settings(batch_max_size=1).batch_size_for("cuda") == 1
