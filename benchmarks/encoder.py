@@ -77,6 +77,7 @@ def main() -> int:
     ap.add_argument("--compile", default="off", help="SAM2FLEET_COMPILE_ENCODER mode")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/encoder-DEVICE.json")
     args = ap.parse_args()
 
     rows = []
@@ -119,7 +120,7 @@ def main() -> int:
         "rounds": args.rounds,
         "rows": rows,
     }
-    out = ROOT / "benchmarks" / "results" / f"encoder-{device}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"encoder-{device}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
