@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -22,11 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE = os.environ.get("SAM2FLEET_DEVICE", "cpu")  # e.g. `cuda`
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import DEVICE  # noqa: E402
 
 
 def _image() -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -76,7 +77,7 @@ def main() -> int:
     ap.add_argument("--precisions", nargs="+", default=["fp32"])
     ap.add_argument("--compile", default="off", help="SAM2FLEET_COMPILE_ENCODER mode")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default=os.environ.get("SAM2FLEET_DEVICE", "auto"))
     ap.add_argument("--out", type=Path, default=None, help="default: results/encoder-DEVICE.json")
     args = ap.parse_args()
 

@@ -23,10 +23,7 @@ measured on CPU with the tiny model at 1024 px (a 16-points-per-side run spends
    IoU filter are upsampled (in chunks of `upsample_chunk`), and stability, the
    threshold, boxes and the crop-edge filter are computed on those full-resolution
    logits exactly as Meta does (no low-resolution approximation of stability).
-4. **`keys + key_pe` once per later layer.** Meta's two-way block adds the image
-   positional encoding to every point's image tokens twice with the same operands;
-   here once (`_two_way_block`, bit-identical).
-5. **Vectorised RLE.** Survivors of a chunk are encoded in one
+4. **Vectorised RLE.** Survivors of a chunk are encoded in one
    `pycocotools.mask.encode` call on a Fortran-ordered HxWxN uint8 array instead of
    Meta's per-mask Python loop over change indices; the compressed counts are
    identical.
@@ -357,9 +354,9 @@ class FastAutomaticMaskGenerator:
         attn = i2t.out_proj(i2t._recombine_heads(F.scaled_dot_product_attention(qq, k, v)))
         keys = layer.norm4(keys0 + attn)
         del attn, qq, k, v
-        # --- remaining layers and the final attention, per point
+        # --- remaining layers and the final attention: Meta's modules, per point
         for layer in tr.layers[1:]:
-            queries, keys = _two_way_block(layer, queries, keys, tokens, pe)
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=pe)
         attn_out = tr.final_attn_token_to_image(q=queries + tokens, k=keys + pe, v=keys)
         hs = tr.norm_final_attn(queries + attn_out)
 
@@ -404,28 +401,6 @@ class FastAutomaticMaskGenerator:
         b, c2, h2, w2 = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
         return masks[:, 1:], iou_pred, row_map
-
-
-def _two_way_block(
-    layer: Any, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Meta's `TwoWayAttentionBlock.forward` (not the first layer), op for op, except
-    that `keys + key_pe` is computed once: Meta computes it twice from the same
-    tensors (keys change only after the second use), one full pass over every
-    point's 4096 x 256 image tokens for nothing. Same values, bit for bit."""
-    q = queries + query_pe
-    attn_out = layer.self_attn(q=q, k=q, v=queries)
-    queries = layer.norm1(queries + attn_out)
-    q = queries + query_pe
-    k = keys + key_pe
-    attn_out = layer.cross_attn_token_to_image(q=q, k=k, v=keys)
-    queries = layer.norm2(queries + attn_out)
-    queries = layer.norm3(queries + layer.mlp(queries))
-    q = queries + query_pe
-    attn_out = layer.cross_attn_image_to_token(q=k, k=q, v=queries)
-    del k
-    keys = layer.norm4(keys + attn_out)
-    return queries, keys
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:

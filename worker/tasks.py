@@ -101,36 +101,33 @@ def _run_batch(
     assert gatherer is not None
     messages = {t.job_id: t.message for t in taken}
     pending = [(job_id, record)] + [(t.job_id, t.record) for t in taken]
+    outcomes: dict[str, str] = {}
     log.info("job %s: batched with %d more prompt job(s)", job_id, len(taken))
-    outcome = "failed"
 
-    def finish(jid: str, rec: dict[str, str], encoded: pipeline.Encoded | None) -> str:
-        result = _settle(rt, jid, lambda: _run(rt, jid, rec, encoded))
-        pending.remove((jid, rec))
-        if jid in messages:
-            gatherer.done(messages.pop(jid))
-            if result == "cancelled":
-                rt.store.task_ended(jid, result)
-        return result
+    def finish(
+        jobs: list[tuple[str, dict[str, str]]], encoded: dict[str, pipeline.Encoded | None]
+    ) -> bool:
+        """Run and write these jobs in order; False once one ran out of time."""
+        for jid, rec in jobs:
+            outcomes[jid] = _settle(rt, jid, partial(_run, rt, jid, rec, encoded.get(jid)))
+            pending.remove((jid, rec))
+            if jid in messages:
+                gatherer.done(messages.pop(jid))
+                rt.store.task_ended(jid, outcomes[jid])
+            if outcomes[jid] == "timeout":
+                return False
+        return True
 
     try:
         # Clicks on images already embedded cost milliseconds; never make them wait
         # for the encoder pass over the others.
-        for jid, rec in [j for j in pending if _cache_key(rt, j[1]) in rt.model.cache]:
-            done = finish(jid, rec, None)
-            outcome = done if jid == job_id else outcome
-            if done == "timeout":
-                return "failed"
-        try:
-            encoded = _encode_pending(rt, pending)
-        except SoftTimeLimitExceeded:
-            return "failed"  # the task's own job fails below, the others go back
-        for jid, rec in list(pending):
-            done = finish(jid, rec, encoded.get(_cache_key(rt, rec)))
-            outcome = done if jid == job_id else outcome
-            if done == "timeout":
-                return "failed"
-        return "failed" if outcome == "timeout" else outcome
+        if finish([j for j in pending if _cache_key(rt, j[1]) in rt.model.cache], {}):
+            try:
+                by_image = _encode_pending(rt, pending)
+            except SoftTimeLimitExceeded:
+                by_image = None  # the task's own job fails below, the others go back
+            if by_image is not None:
+                finish(list(pending), {j: by_image.get(_cache_key(rt, r)) for j, r in pending})
     finally:
         # Stopped early (a time limit): taken jobs left over run again elsewhere. The
         # task's own message is acknowledged when the task returns, so its job must
@@ -138,11 +135,14 @@ def _run_batch(
         for jid, _ in pending:
             if jid in messages:
                 gatherer.give_back(messages.pop(jid))
+                rt.store.task_ended(jid, "given back")
             elif jid == job_id:
                 rt.store.fail(
                     job_id,
                     {"type": "timeout", "message": "the job's batch ran past its time limit"},
                 )
+    own = outcomes.get(job_id, "failed")
+    return "failed" if own == "timeout" else own
 
 
 def _encode_pending(

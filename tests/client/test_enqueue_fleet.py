@@ -151,21 +151,9 @@ def test_folder_run_interrupted_and_resumed_does_each_image_once(
     partial = json.loads((out / "results.json").read_text())
     assert {i["file_name"] for i in partial["images"]} == done_first
 
-    assert (
-        cli(
-            [
-                "enqueue",
-                str(images["root"]),
-                "--out",
-                str(out),
-                "--server",
-                fleet.base_url,
-                "--no-progress",
-                *AUTO,
-            ]
-        )
-        == 0
-    )
+    rerun = ["enqueue", str(images["root"]), "--out", str(out), "--server", fleet.base_url]
+    rerun += ["--no-progress", *AUTO]
+    assert cli(rerun) == 0
     summary = capsys.readouterr().out
     assert f"{N_IMAGES} images: {N_IMAGES - len(done_first)} done, 0 failed" in summary
     assert f"{len(done_first)} already done before" in summary
@@ -189,21 +177,7 @@ def test_folder_run_interrupted_and_resumed_does_each_image_once(
     assert all("point_coords" in a for a in coco.dataset["annotations"])
 
     # A third run has nothing left to do and submits nothing.
-    assert (
-        cli(
-            [
-                "enqueue",
-                str(images["root"]),
-                "--out",
-                str(out),
-                "--server",
-                fleet.base_url,
-                "--no-progress",
-                *AUTO,
-            ]
-        )
-        == 0
-    )
+    assert cli(rerun) == 0
     assert f"0 done, 0 failed, 0 skipped, {N_IMAGES} already done" in capsys.readouterr().out
     assert len(_job_keys(r, fleet) - before) == N_IMAGES
 
