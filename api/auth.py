@@ -14,9 +14,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from shared import apikeys
-from shared.errors import RateLimited, Unauthorized
-from shared.keys import Keys
+from sam2fleet.admin import apikeys
+from sam2fleet.shared.errors import RateLimited, Unauthorized
+from sam2fleet.shared.records import Keys
 
 ANONYMOUS = "anon"
 

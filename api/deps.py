@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.service import JobService
-from shared.settings import Settings
+from sam2fleet.api.service import JobService
+from sam2fleet.shared.settings import Settings
 
 
 def _settings(request: Request) -> Settings:

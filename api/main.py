@@ -1,6 +1,6 @@
 """The gateway: a thin FastAPI app that validates, stores and queues.
 
-Run with `uvicorn api.main:app` (or `sam2fleet api`). It never imports torch.
+Run with `uvicorn sam2fleet.api.main:app` (or `sam2fleet api`). It never imports torch.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.limits import BodyLimitMiddleware
-from api.metrics import MetricsMiddleware
-from api.routes import compat, health, images, jobs, models
-from api.service import JobService
-from shared.errors import Sam2FleetError
-from shared.queue import make_celery
-from shared.schemas import JobCreate
-from shared.settings import Settings, get_settings
+from sam2fleet.api.limits import BodyLimitMiddleware
+from sam2fleet.api.metrics import MetricsMiddleware
+from sam2fleet.api.routes import compat, health, images, jobs, models
+from sam2fleet.api.service import JobService
+from sam2fleet.shared.errors import Sam2FleetError
+from sam2fleet.shared.queue import make_celery
+from sam2fleet.shared.schemas import JobCreate
+from sam2fleet.shared.settings import Settings, get_settings
 
 log = logging.getLogger("sam2fleet.api")
 

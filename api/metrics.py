@@ -13,18 +13,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
-from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.checkpoints import MODELS
-from shared.logs import JOB_ID
-from shared.metrics import LATENCY_BUCKETS, MODES, SIZE_BUCKETS
-
-if TYPE_CHECKING:
-    from api.service import JobService
+from sam2fleet.shared.logs import JOB_ID
+from sam2fleet.shared.metrics import LATENCY_BUCKETS, MODES, SIZE_BUCKETS
+from sam2fleet.shared.models import MODELS
+from sam2fleet.shared.records import Heartbeat
 
 REQUESTS = Counter(
     "sam2fleet_http_requests_total",
@@ -79,16 +75,15 @@ def job_submitted(job_id: str, model: str, mode: str) -> None:
     JOB_ID.set(job_id)
 
 
-async def refresh_fleet_gauges(service: JobService) -> None:
-    """Queue depth and ready workers per model, read from Redis at scrape time."""
-    try:
-        warm = await service.warm_workers()
-        for model in MODELS:
-            QUEUE_DEPTH.labels(model).set(await service.queue_depth(model))
-            WORKERS_READY.labels(model).set(sum(1 for w in warm if w.get("model") == model))
-    except (RedisError, OSError):
+def set_fleet_gauges(queue_depths: dict[str, int] | None, warm: list[Heartbeat]) -> None:
+    """Queue depth and ready workers per model as read from Redis at scrape time;
+    `queue_depths` None: Redis did not answer."""
+    if queue_depths is None:
         REDIS_UP.set(0)
         return
+    for model in MODELS:
+        QUEUE_DEPTH.labels(model).set(queue_depths.get(model, 0))
+        WORKERS_READY.labels(model).set(sum(1 for w in warm if w.model == model))
     REDIS_UP.set(1)
 
 

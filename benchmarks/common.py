@@ -18,10 +18,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.checkpoints import MODELS  # noqa: E402
+from sam2fleet.shared.models import MODELS  # noqa: E402
+from sam2fleet.worker.model import feature_sizes  # noqa: E402
+from sam2fleet.worker.weights import write_random_checkpoint  # noqa: E402
 from tests.support import Fleet, RedisServer, fleet_env  # noqa: E402
-from worker.model import feature_sizes  # noqa: E402
-from worker.weights import write_random_checkpoint  # noqa: E402
 
 TINY = MODELS["sam2.1_hiera_tiny"]
 # The device both sides run on: SAM2FLEET_DEVICE from the environment (e.g. `cuda`),

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from common import ROOT
 
-from shared.checkpoints import MODELS
-from shared.settings import Settings
+from sam2fleet.shared.models import MODELS
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.model import SegmentationModel
+from sam2fleet.worker.weights import write_random_checkpoint
 from tests.support import scene
-from worker.model import SegmentationModel
-from worker.weights import write_random_checkpoint
 
 SHORT = {"tiny": "sam2.1_hiera_tiny", "small": "sam2.1_hiera_small"}
 SHORT |= {"base_plus": "sam2.1_hiera_base_plus", "large": "sam2.1_hiera_large"}

@@ -18,13 +18,19 @@
     │   ├── NoWorkerReady               503 no_worker_ready
     │   └── QueueFull                   503 queue_full
     ├── InputTooLarge                   422 input_too_large  (a worker could not fit it)
-    └── ModelUnavailable                500 model_unavailable (worker could not load weights)
+    ├── ModelUnavailable                500 model_unavailable (worker could not load weights)
+    ├── JobTimeout                      504 timeout  (a job ran past its time limit)
+    ├── WorkerCrashed                   500 worker_crashed  (its worker died on every attempt)
+    └── JobError                        the status of its `type`: a job that failed on a
+                                        worker, raised again by the gateway (POST /segment)
 
 The API registers one handler on the base class; workers store `type` and `message`
-on the failed job record, so clients see the same names either way.
+on the failed job record (`to_body()`), so clients see the same names either way.
 """
 
 from __future__ import annotations
+
+from sam2fleet.shared.schemas import ErrorBody
 
 
 class Sam2FleetError(Exception):
@@ -38,6 +44,9 @@ class Sam2FleetError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message}
+
+    def to_body(self) -> ErrorBody:
+        return ErrorBody(type=self.type, message=self.message)
 
 
 class BadRequest(Sam2FleetError):
@@ -114,3 +123,35 @@ class InputTooLarge(Sam2FleetError):
 
 class ModelUnavailable(Sam2FleetError):
     type = "model_unavailable"
+
+
+class JobTimeout(Sam2FleetError):
+    type, status = "timeout", 504
+
+
+class WorkerCrashed(Sam2FleetError):
+    type = "worker_crashed"
+
+
+def status_of(error_type: str) -> int:
+    """The HTTP status of an error `type`, from the tree above; 500 when unknown."""
+
+    def walk(cls: type[Sam2FleetError]) -> int | None:
+        if cls.type == error_type:
+            return cls.status
+        for sub in cls.__subclasses__():
+            found = walk(sub)
+            if found is not None:
+                return found
+        return None
+
+    return walk(Sam2FleetError) or 500
+
+
+class JobError(Sam2FleetError):
+    """A job that failed on a worker, raised again with its own error type."""
+
+    def __init__(self, body: ErrorBody) -> None:
+        super().__init__(body.message)
+        self.type = body.type
+        self.status = status_of(body.type)

@@ -295,14 +295,6 @@ class Settings(BaseSettings):
             return self.batch_max_size
         return 8 if device_type == "cuda" else 1
 
-    def queue_for(self, model: str) -> str:
-        return f"{self.key_prefix}.{model}"
-
-    def private_queue(self, node: str, supervisor_pid: int) -> str:
-        """A worker's own queue, for jobs on images whose embedding it holds. Named per
-        supervisor process: a restarted worker has an empty cache and a new queue."""
-        return f"{self.queue_for(self.model)}.w.{node}-{supervisor_pid}"
-
 
 @lru_cache
 def get_settings() -> Settings:

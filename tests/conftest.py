@@ -32,8 +32,8 @@ def prefix() -> str:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real tiny architecture, seeded random weights, Meta's {"model": ...} format."""
-    from shared.checkpoints import MODELS
-    from worker.weights import write_random_checkpoint
+    from sam2fleet.shared.models import MODELS
+    from sam2fleet.worker.weights import write_random_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny-random.pt"
     return write_random_checkpoint(MODELS["sam2.1_hiera_tiny"], path, SEED)

@@ -14,7 +14,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from shared.redis_server import find_server_binary, free_port, start_server, wait_until_answers
+from sam2fleet.launcher.redis_server import (
+    find_server_binary,
+    free_port,
+    start_server,
+    wait_until_answers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,14 +87,14 @@ class Fleet:
         return f"http://127.0.0.1:{self.port}"
 
     def start_worker(self, name: str = "w0") -> subprocess.Popen[bytes]:
-        proc = self._spawn(name, [sys.executable, "-m", "shared.cli", "worker", "--name", name])
+        proc = self._spawn(name, [sys.executable, "-m", "sam2fleet.cli", "worker", "--name", name])
         self.procs[name] = proc
         return proc
 
     def start_api(self) -> None:
         self.port = free_port()
         self.procs["api"] = self._spawn(
-            "api", [sys.executable, "-m", "shared.cli", "api", "--port", str(self.port)]
+            "api", [sys.executable, "-m", "sam2fleet.cli", "api", "--port", str(self.port)]
         )
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -144,7 +149,6 @@ def fleet_env(
             "SAM2FLEET_HEARTBEAT_TTL_S": "5",
             # Off unless a test asks: parallel test fleets must not fight over a port.
             "SAM2FLEET_WORKER_METRICS_PORT": "0",
-            "PYTHONPATH": str(ROOT),
             **extra,
         }
     )

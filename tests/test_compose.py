@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shared import cli
-from shared.checkpoints import MODELS
-from shared.settings import Settings
+from sam2fleet import cli
+from sam2fleet.shared.models import MODELS
+from sam2fleet.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -329,7 +329,7 @@ def test_build_points_at_a_dockerfile_target(name: str) -> None:
 @pytest.mark.parametrize("target", sorted(built_targets()))
 def test_image_runs_the_sam2fleet_cli_as_non_root(target: str) -> None:
     instructions = image_instructions(built_targets()[target][0])
-    (script,) = [k for k, v in PYPROJECT["project"]["scripts"].items() if v == "shared.cli:main"]
+    (script,) = [k for k, v in PYPROJECT["project"]["scripts"].items() if v == "sam2fleet.cli:main"]
     entrypoints = [json.loads(args) for instr, args in instructions if instr == "ENTRYPOINT"]
     assert entrypoints and entrypoints[-1] == [script], (
         f"{target}: ENTRYPOINT must be exec-form [{script!r}] so compose commands are "
@@ -487,7 +487,7 @@ def test_api_port_matches_its_command_healthcheck_and_image(monkeypatch, capsys)
     }
     assert args.port in exposed
 
-    from api.main import app
+    from sam2fleet.api.main import app
 
     probe = " ".join(api["healthcheck"]["test"])
     url = urlsplit(re.search(r"https?://[^'\"\s]+", probe).group(0))
@@ -509,9 +509,10 @@ def test_dockerfile_installs_torch_then_sam2_then_the_project(target: str) -> No
 
     torch, torchvision, sam2 = first("torch"), first("torchvision"), first("sam2")
     project = next(
-        (p for p in installs if any(re.fullmatch(r"\.\[model\]", a) for a in p.args)), None
+        (p for p in installs if any(re.fullmatch(r"\.\[server,model\]", a) for a in p.args)),
+        None,
     )
-    assert project, f"{target}: the project is not installed with `pip install .[model]`"
+    assert project, f"{target}: the project is not installed with `pip install .[server,model]`"
     assert torch.position < sam2.position, "torch must be installed before sam2"
     assert torchvision.position < sam2.position, "torchvision must be installed before sam2"
     assert sam2.position < project.position, "sam2 must be installed before the project"
@@ -553,7 +554,6 @@ def test_image_holds_every_package_the_project_installs(target: str) -> None:
         for source in rest.split()[:-1]
         if not source.startswith("--")
     }
-    patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {p.rstrip("*") for p in patterns}
-    missing = sorted(packages - copied)
+    folders = {Path(d).parts[0] for d in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
+    missing = sorted(folders - copied)
     assert not missing, f"{target}: the image does not COPY {missing}"

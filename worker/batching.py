@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import Sam2FleetError
-from shared.images import decode_rgb
-from shared.queue import SEGMENT_TASK
-from worker.model import SegmentationModel
-from worker.pipeline import Encoded
-from worker.store import JobStore
+from sam2fleet.shared.errors import Sam2FleetError
+from sam2fleet.shared.images import decode_rgb
+from sam2fleet.shared.queue import SEGMENT_TASK
+from sam2fleet.shared.records import JobRecord
+from sam2fleet.worker.model import SegmentationModel
+from sam2fleet.worker.pipeline import Encoded
+from sam2fleet.worker.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Taken:
     """A job taken into a batch, its Celery message held in the in-flight list."""
 
     job_id: str
-    record: dict[str, str]
+    record: JobRecord
     message: bytes
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from worker.model import ObjectMasks
+from sam2fleet.worker.model import ObjectMasks
 
 
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:

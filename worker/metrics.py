@@ -15,7 +15,6 @@ end-to-end latency (record `created_at` to the terminal write) is exact.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -27,7 +26,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.metrics import (
+from sam2fleet.shared.errors import WorkerCrashed
+from sam2fleet.shared.metrics import (
     BATCH_BUCKETS,
     ENCODER_BATCH_BUCKETS,
     LATENCY_BUCKETS,
@@ -36,12 +36,14 @@ from shared.metrics import (
     STAGES,
     error_types,
 )
-from worker.observability import node_name
-from worker.store import JobStore
+from sam2fleet.shared.records import Heartbeat, JobRecord
+from sam2fleet.shared.schemas import ErrorBody
+from sam2fleet.worker.observability import node_name
+from sam2fleet.worker.store import JobStore
 
 if TYPE_CHECKING:
-    from worker.gpu import CacheClearer
-    from worker.runtime import Runtime
+    from sam2fleet.worker.gpu import CacheClearer
+    from sam2fleet.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -218,17 +220,17 @@ class ObservedJobStore(JobStore):
         self.__dict__.update(store.__dict__)
         self.worker, self.memory = worker, memory
         # Jobs started and not yet finished: more than one with cross-job batching.
-        self._current: dict[str, dict[str, str]] = {}
+        self._current: dict[str, JobRecord] = {}
 
-    def start(self, job_id: str) -> dict[str, str] | None:
+    def start(self, job_id: str) -> JobRecord | None:
         record = super().start(job_id)
         if record is None:
             self._not_started(job_id)
             return None
         self._current[job_id] = record
         self.memory.reset_peak()
-        model, mode = record["model"], record["mode"]
-        queued = time.time() - float(record["created_at"])
+        model, mode = record.model, record.mode
+        queued = time.time() - record.created_at
         STAGE_SECONDS.labels(model, mode, "queue", self.worker).observe(max(0.0, queued))
         BATCH_SIZE.labels(model, mode, self.worker).observe(_batch_size(record))
         return record
@@ -237,7 +239,7 @@ class ObservedJobStore(JobStore):
         written = super().succeed(job_id, result)
         record = self._take(job_id)
         if record is not None:
-            model, mode = record["model"], record["mode"]
+            model, mode = record.model, record.mode
             for stage in STAGES[1:]:  # the queue wait was observed at start
                 seconds = result.get("timings", {}).get(f"{stage}_s")
                 if seconds is not None:
@@ -253,19 +255,17 @@ class ObservedJobStore(JobStore):
             self._finished(record, "succeeded" if written else "discarded")
         return written
 
-    def fail(self, job_id: str, error: dict[str, str]) -> bool:
+    def fail(self, job_id: str, error: ErrorBody) -> bool:
         written = super().fail(job_id, error)
         record = self._take(job_id)
         if record is not None:
             if written:
-                JOB_ERRORS.labels(
-                    record["model"], record["mode"], error.get("type", "internal"), self.worker
-                ).inc()
+                JOB_ERRORS.labels(record.model, record.mode, error.type, self.worker).inc()
             self._finished(record, "failed" if written else "discarded")
         return written
 
-    def heartbeat(self, name: str, fields: dict[str, Any], ttl_s: float) -> None:
-        super().heartbeat(name, fields, ttl_s)
+    def heartbeat(self, name: str, beat: Heartbeat, ttl_s: float) -> None:
+        super().heartbeat(name, beat, ttl_s)
         HEARTBEAT.labels(self.worker).set(time.time())
 
     def task_ended(self, job_id: str, retval: object) -> None:
@@ -277,38 +277,33 @@ class ObservedJobStore(JobStore):
     def _not_started(self, job_id: str) -> None:
         # Cancelled, already finished (a redelivery), expired, or failed just now by
         # the start script because its earlier deliveries all died with their worker.
-        fields = self.redis.hmget(
-            self.keys.job(job_id), "model", "mode", "status", "error", "created_at"
-        )
-        model, mode, status, error, created = (v.decode() if v else None for v in fields)
-        model, mode = model or "unknown", mode or "unknown"
-        if status == "failed" and error and json.loads(error).get("type") == "worker_crashed":
-            JOB_ERRORS.labels(model, mode, "worker_crashed", self.worker).inc()
-            record = {"model": model, "mode": mode, "created_at": created or str(time.time())}
+        record = self.record(job_id)
+        if record is None:
+            JOBS_FINISHED.labels("unknown", "unknown", "skipped", self.worker).inc()
+            return
+        if record.error is not None and record.error.type == WorkerCrashed.type:
+            JOB_ERRORS.labels(record.model, record.mode, WorkerCrashed.type, self.worker).inc()
             self._finished(record, "failed")
             return
-        JOBS_FINISHED.labels(model, mode, "skipped", self.worker).inc()
+        JOBS_FINISHED.labels(record.model, record.mode, "skipped", self.worker).inc()
 
-    def _take(self, job_id: str) -> dict[str, str] | None:
+    def _take(self, job_id: str) -> JobRecord | None:
         return self._current.pop(job_id, None)
 
-    def _finished(self, record: dict[str, str], outcome: str) -> None:
-        model, mode = record["model"], record["mode"]
+    def _finished(self, record: JobRecord, outcome: str) -> None:
+        model, mode = record.model, record.mode
         JOBS_FINISHED.labels(model, mode, outcome, self.worker).inc()
         if outcome in ("succeeded", "failed"):
             JOB_SECONDS.labels(model, mode, outcome, self.worker).observe(
-                max(0.0, time.time() - float(record["created_at"]))
+                max(0.0, time.time() - record.created_at)
             )
 
 
-def _batch_size(record: dict[str, str]) -> int:
-    try:
-        spec = json.loads(record["spec"])
-        if record["mode"] == "auto":
-            return int((spec.get("auto") or {}).get("points_per_side", 32)) ** 2
-        return max(1, len(spec.get("prompts") or []))
-    except (KeyError, ValueError, TypeError):
-        return 1
+def _batch_size(record: JobRecord) -> int:
+    spec = record.spec
+    if spec.mode == "auto":
+        return spec.auto.points_per_side**2
+    return max(1, len(spec.prompts))
 
 
 def observe(runtime: Runtime, warmup_s: float) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.checkpoints import sha256_file
-from shared.schemas import AutoParams, ModelStamp, Prompt
-from shared.settings import Settings
-from worker.acceleration import autocast, compile_image_encoder, resolve_precision
-from worker.embed_cache import Embedding, EmbeddingCache
-from worker.weights import ResolvedWeights, hydra_overrides, resolve_weights
+from sam2fleet.shared.models import sha256_file
+from sam2fleet.shared.schemas import AutoParams, ModelStamp, Prompt
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.acceleration import autocast, compile_image_encoder, resolve_precision
+from sam2fleet.worker.embed_cache import Embedding, EmbeddingCache
+from sam2fleet.worker.weights import ResolvedWeights, hydra_overrides, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class SegmentationModel:
         SAM2FLEET_FAST_AUTO, else Meta's `SAM2AutomaticMaskGenerator`."""
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-        from worker.fast_amg import FastAutomaticMaskGenerator
+        from sam2fleet.worker.fast_amg import FastAutomaticMaskGenerator
 
         cls = FastAutomaticMaskGenerator if self.fast_auto else SAM2AutomaticMaskGenerator
         generator = cls(

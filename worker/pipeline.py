@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from shared.images import decode_rgb
-from shared.schemas import JobResult, JobSpec
-from worker.embed_cache import Embedding
-from worker.masks import auto_records, prompt_records
-from worker.model import SegmentationModel
+from sam2fleet.shared.images import decode_rgb
+from sam2fleet.shared.schemas import JobResult, JobSpec
+from sam2fleet.worker.embed_cache import Embedding
+from sam2fleet.worker.masks import auto_records, prompt_records
+from sam2fleet.worker.model import SegmentationModel
 
 Checkpoint = Callable[[str], None]
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import redis
 import torch
 
-from shared.keys import Keys
-from shared.settings import Settings
-from worker.batching import Gatherer
-from worker.gpu import CacheClearer
-from worker.metrics import observe
-from worker.model import SegmentationModel
-from worker.observability import node_name
-from worker.store import JobStore
+from sam2fleet.shared.records import Heartbeat, Keys
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.batching import Gatherer
+from sam2fleet.worker.gpu import CacheClearer
+from sam2fleet.worker.metrics import observe
+from sam2fleet.worker.model import SegmentationModel
+from sam2fleet.worker.observability import node_name
+from sam2fleet.worker.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Runtime:
     def rescue_orphaned_queues(self) -> int:
         """Move jobs from private queues of workers no longer heartbeating back to the
         shared queue, so a dead worker's affinity never strands a job."""
-        r, shared = self.store.redis, self.settings.queue_for(self.model.stamp.name)
+        r, shared = self.store.redis, self.store.keys.queue(self.model.stamp.name)
         registry = self.store.keys.private_queues(self.model.stamp.name)
         # Registered on every beat (so before any job can be routed here, and again
         # if a sweep raced this worker's first beat): a dead worker's queue is known.
@@ -77,17 +77,17 @@ class Runtime:
     def beat(self) -> None:
         self.store.heartbeat(
             self.name,
-            {
-                "model": self.model.stamp.name,
-                "device": str(self.model.device),
-                "weights": self.model.stamp.weights,
-                "warm": int(self.warm),
-                "pid": os.getpid(),
-                "queue": self.queue,
-                "inflight": self.inflight,
-                "cuda_cache_clears": self.clearer.clears,
-                "cuda_cache_bytes_released": self.clearer.bytes_released,
-            },
+            Heartbeat(
+                model=self.model.stamp.name,
+                device=str(self.model.device),
+                weights=self.model.stamp.weights,
+                warm=self.warm,
+                pid=os.getpid(),
+                queue=self.queue,
+                inflight=self.inflight,
+                cuda_cache_clears=self.clearer.clears,
+                cuda_cache_bytes_released=self.clearer.bytes_released,
+            ),
             self.settings.heartbeat_ttl_s,
         )
 
@@ -109,6 +109,7 @@ def start(settings: Settings) -> Runtime:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     model = SegmentationModel(settings)
+    keys = Keys(settings.key_prefix)
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=10,
@@ -121,7 +122,7 @@ def start(settings: Settings) -> Runtime:
         model=model,
         store=JobStore(
             client,
-            Keys(settings.key_prefix),
+            keys,
             max_attempts=settings.max_attempts,
             retry_s=settings.redis_retry_s,
         ),
@@ -132,7 +133,7 @@ def start(settings: Settings) -> Runtime:
         stop_event=threading.Event(),
         # The supervisor consumes this queue too (worker/celery_app.py); its pid is
         # the parent's, so both sides derive the same name.
-        queue=settings.private_queue(node_name(), os.getppid()),
+        queue=keys.private_queue(settings.model, node_name(), os.getppid()),
     )
     seconds = model.warmup()
     runtime.warm = True
@@ -141,8 +142,8 @@ def start(settings: Settings) -> Runtime:
     if batch_size > 1:
         runtime.gatherer = Gatherer(
             runtime.store,  # the observed one: batched jobs count too
-            queues=[runtime.queue, settings.queue_for(model.stamp.name)],
-            shared_queue=settings.queue_for(model.stamp.name),
+            queues=[runtime.queue, keys.queue(model.stamp.name)],
+            shared_queue=keys.queue(model.stamp.name),
             inflight=runtime.inflight,
             max_size=batch_size,
             wait_s=settings.batch_wait_ms / 1000,
@@ -157,7 +158,7 @@ def start(settings: Settings) -> Runtime:
 
 def current() -> Runtime:
     if _current is None:  # a solo pool or eager call: load in this process
-        from shared.settings import get_settings
+        from sam2fleet.shared.settings import get_settings
 
         return start(get_settings())
     return _current

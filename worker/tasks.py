@@ -28,10 +28,11 @@ import torch
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.errors import InputTooLarge, InvalidImage, Sam2FleetError
-from shared.queue import SEGMENT_TASK
-from shared.schemas import JobSpec
-from worker import admission, batching, faults, pipeline, runtime
+from sam2fleet.shared.errors import InputTooLarge, InvalidImage, JobTimeout, Sam2FleetError
+from sam2fleet.shared.queue import SEGMENT_TASK
+from sam2fleet.shared.records import JobRecord
+from sam2fleet.shared.schemas import JobSpec
+from sam2fleet.worker import admission, batching, faults, pipeline, runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def segment(job_id: str) -> str:
         log.info("job %s skipped: gone, cancelled, finished or out of attempts", job_id)
         return "skipped"
     try:
-        if record.get("mode") == "prompt" and rt.gatherer is not None:
+        if record.mode == "prompt" and rt.gatherer is not None:
             taken = rt.gatherer.take(rt.gatherer.max_size - 1)
             if taken:
                 return _run_batch(rt, job_id, record, taken)
@@ -70,16 +71,16 @@ def _settle(rt: runtime.Runtime, job_id: str, compute: Callable[[], dict[str, An
         log.info("job %s cancelled while running; stopped at a safe point", job_id)
         return "cancelled"
     except Sam2FleetError as exc:
-        rt.store.fail(job_id, exc.to_dict())
+        rt.store.fail(job_id, exc.to_body())
         return "failed"
     except SoftTimeLimitExceeded:
-        rt.store.fail(job_id, {"type": "timeout", "message": "the job ran past its time limit"})
+        rt.store.fail(job_id, JobTimeout("the job ran past its time limit").to_body())
         return "timeout"
     except Exception as exc:
         if _is_cuda_error(exc):
             _exit_after_cuda_error(rt, job_id, exc)
         log.exception("job %s failed", job_id)
-        rt.store.fail(job_id, {"type": "internal", "message": f"{type(exc).__name__}: {exc}"})
+        rt.store.fail(job_id, Sam2FleetError(f"{type(exc).__name__}: {exc}").to_body())
         return "failed"
 
 
@@ -91,7 +92,7 @@ def _exit_after_cuda_error(rt: runtime.Runtime, job_id: str, exc: BaseException)
 
 
 def _run_batch(
-    rt: runtime.Runtime, job_id: str, record: dict[str, str], taken: list[batching.Taken]
+    rt: runtime.Runtime, job_id: str, record: JobRecord, taken: list[batching.Taken]
 ) -> str:
     """The task's own job plus `taken` ones: cached images answered first, the rest
     encoded in one forward pass, each job then decoded and written on its own. The
@@ -105,7 +106,7 @@ def _run_batch(
     log.info("job %s: batched with %d more prompt job(s)", job_id, len(taken))
 
     def finish(
-        jobs: list[tuple[str, dict[str, str]]], encoded: dict[str, pipeline.Encoded | None]
+        jobs: list[tuple[str, JobRecord]], encoded: dict[str, pipeline.Encoded | None]
     ) -> bool:
         """Run and write these jobs in order; False once one ran out of time."""
         for jid, rec in jobs:
@@ -138,15 +139,14 @@ def _run_batch(
                 rt.store.task_ended(jid, "given back")
             elif jid == job_id:
                 rt.store.fail(
-                    job_id,
-                    {"type": "timeout", "message": "the job's batch ran past its time limit"},
+                    job_id, JobTimeout("the job's batch ran past its time limit").to_body()
                 )
     own = outcomes.get(job_id, "failed")
     return "failed" if own == "timeout" else own
 
 
 def _encode_pending(
-    rt: runtime.Runtime, pending: list[tuple[str, dict[str, str]]]
+    rt: runtime.Runtime, pending: list[tuple[str, JobRecord]]
 ) -> dict[tuple[str, ...], pipeline.Encoded]:
     """Decode each distinct image of the pending jobs once, encode them together.
     Anything that goes wrong here leaves the jobs to encode alone, where the error
@@ -156,13 +156,13 @@ def _encode_pending(
         key = _cache_key(rt, rec)
         if key in loaders or rt.store.status(jid) == "cancelled":
             continue
-        loaders[key] = partial(rt.store.image_bytes, rec.get("owner", "anon"), rec["image_id"])
+        loaders[key] = partial(rt.store.image_bytes, rec.owner, rec.image_id)
     images = batching.decode_all(loaders, rt.settings.max_image_pixels)
     if len(images) < 2:
         return {}  # nothing to share: each job takes the ordinary path
     budget = _budget(rt)
     if budget > 0:
-        spec = JobSpec.model_validate_json(pending[0][1]["spec"])
+        spec = pending[0][1].spec
         need = admission.estimate_bytes(
             rt.model.stamp.name,
             (0, 0),  # the encoder's share: the same for any image size
@@ -189,19 +189,19 @@ def _encode_pending(
         return {}
 
 
-def _cache_key(rt: runtime.Runtime, record: dict[str, str]) -> tuple[str, ...]:
+def _cache_key(rt: runtime.Runtime, record: JobRecord) -> tuple[str, ...]:
     # Keyed by owner too: one key's upload never answers another key's job.
-    return (rt.model.stamp.name, record.get("owner", "anon"), record["image_id"])
+    return (rt.model.stamp.name, record.owner, record.image_id)
 
 
 def _run(
     rt: runtime.Runtime,
     job_id: str,
-    record: dict[str, str],
+    record: JobRecord,
     encoded: pipeline.Encoded | None = None,
 ) -> dict[str, Any]:
-    spec = JobSpec.model_validate_json(record["spec"])
-    owner, image_id = record.get("owner", "anon"), record["image_id"]
+    spec = record.spec
+    owner, image_id = record.owner, record.image_id
 
     def load_image() -> bytes:
         data = rt.store.image_bytes(owner, image_id)
@@ -220,7 +220,7 @@ def _run(
                 image_id,
                 load_image,
                 max_pixels=rt.settings.max_image_pixels,
-                queue_s=round(time.time() - float(record["created_at"]), 6),
+                queue_s=round(time.time() - record.created_at, 6),
                 checkpoint=checkpoint,
                 cache_key=cache_key,
                 encoded=encoded,

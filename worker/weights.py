@@ -14,9 +14,9 @@ from typing import Literal
 
 import torch
 
-from shared.checkpoints import MODELS, ModelSpec
-from shared.errors import ModelUnavailable
-from shared.settings import Settings
+from sam2fleet.shared.errors import ModelUnavailable
+from sam2fleet.shared.models import MODELS, ModelSpec
+from sam2fleet.shared.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from api.deps import ServiceDep
-from api.metrics import refresh_fleet_gauges
+from sam2fleet.api.deps import ServiceDep
+from sam2fleet.api.metrics import set_fleet_gauges
+from sam2fleet.shared.models import MODELS
 
 router = APIRouter(tags=["health"])
 
@@ -47,11 +48,17 @@ async def readyz(service: ServiceDep) -> JSONResponse:
             status_code=503,
             headers={"Retry-After": "5"},
         )
-    models = sorted({w.get("model", "") for w in workers})
+    models = sorted({w.model for w in workers})
     return JSONResponse({"status": "ok", "redis": True, "workers": len(workers), "models": models})
 
 
 @router.get("/metrics")
 async def metrics(service: ServiceDep) -> Response:
-    await refresh_fleet_gauges(service)
+    try:
+        warm = await service.warm_workers()
+        depths = {model: await service.queue_depth(model) for model in MODELS}
+    except (RedisError, OSError):
+        set_fleet_gauges(None, [])
+    else:
+        set_fleet_gauges(depths, warm)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 
-from api.auth import Owner, check_rate
-from api.deps import ServiceDep, SettingsDep
-from api.payload import job_from_request
-from shared.errors import InvalidInput
-from shared.schemas import JobPublic
+from sam2fleet.api.auth import Owner, check_rate
+from sam2fleet.api.deps import ServiceDep, SettingsDep
+from sam2fleet.api.payload import job_from_request
+from sam2fleet.shared.errors import InvalidInput
+from sam2fleet.shared.schemas import JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

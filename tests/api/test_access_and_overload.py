@@ -17,9 +17,9 @@ import httpx
 import pytest
 import redis
 
-from shared import apikeys
-from shared.keys import Keys
-from shared.settings import Settings
+from sam2fleet.admin import apikeys
+from sam2fleet.shared.records import Keys
+from sam2fleet.shared.settings import Settings
 from tests.api.conftest import serve
 from tests.support import encode, scene
 
@@ -126,7 +126,9 @@ def test_idempotency_key_gives_one_job(
     again = api.post("/v1/jobs", json=BODY, headers=headers)
     assert first.status_code == 202 and again.status_code in (200, 202)
     assert again.json()["id"] == first.json()["id"]
-    assert rdb.llen(auth_settings.queue_for(auth_settings.model)) == 1  # one message, one run
+    assert (
+        rdb.llen(Keys(auth_settings.key_prefix).queue(auth_settings.model)) == 1
+    )  # one message, one run
     other = api.post("/v1/jobs", json={**BODY, "multimask": False}, headers=headers)
     assert other.status_code == 409
     assert other.json()["error"]["type"] == "idempotency_conflict"

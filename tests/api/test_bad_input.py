@@ -11,7 +11,8 @@ import httpx
 import pytest
 import redis
 
-from shared.settings import Settings
+from sam2fleet.shared.records import Keys
+from sam2fleet.shared.settings import Settings
 from tests.support import encode, scene
 
 IMG = base64.b64encode(encode(scene(100, 80))).decode()
@@ -26,7 +27,7 @@ def _error(r: Any, status: int, type_: str, fragment: str = "") -> None:
 
 def _no_jobs(rdb: redis.Redis, settings: Settings) -> None:
     assert list(rdb.scan_iter(f"{settings.key_prefix}:job:*")) == []
-    assert rdb.llen(settings.queue_for(settings.model)) == 0
+    assert rdb.llen(Keys(settings.key_prefix).queue(settings.model)) == 0
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from sam2fleet.cli import main as cli
 from sam2fleet.client import Client
-from shared.cli import main as cli
 from tests.support import ROOT, Fleet, RedisServer, encode, scene
 
 SIZES = [(64, 48), (96, 96), (160, 120), (120, 160), (80, 112), (144, 64), (100, 75)]
@@ -115,7 +115,7 @@ def test_folder_run_interrupted_and_resumed_does_each_image_once(
     cmd = [
         sys.executable,
         "-m",
-        "shared.cli",
+        "sam2fleet.cli",
         "enqueue",
         str(images["root"]),
         "--out",
@@ -126,7 +126,7 @@ def test_folder_run_interrupted_and_resumed_does_each_image_once(
         "4",
         *AUTO,
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

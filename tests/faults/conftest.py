@@ -14,7 +14,7 @@ import psutil
 import pytest
 import redis
 
-from shared.images import image_id_for
+from sam2fleet.shared.images import image_id_for
 from tests.conftest import SMALL
 from tests.support import Fleet, RedisServer, encode, fleet_env, scene
 from tests.system.client import b64

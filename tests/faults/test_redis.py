@@ -85,7 +85,7 @@ def test_redis_restarts_lose_no_accepted_job(fleet: Fleet, aof_redis: RedisServe
     import redis as redis_lib
 
     r = redis_lib.Redis.from_url(aof_redis.url)
-    from shared.images import image_id_for
+    from sam2fleet.shared.images import image_id_for
 
     slow = body(2)
     r.set(f"rds:fault:{image_id_for(encode(scene(96, 72, seed=2)))}", "sleep:3")

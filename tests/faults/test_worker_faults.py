@@ -9,7 +9,7 @@ import httpx
 import psutil
 from kombu import Connection
 
-from shared.queue import SEGMENT_TASK
+from sam2fleet.shared.queue import SEGMENT_TASK
 from tests.faults.conftest import FaultFleet, kill
 from tests.system.client import run, submit, wait
 
@@ -207,7 +207,7 @@ def test_jobs_taken_into_a_batch_survive_the_death_of_their_worker(faulty: Fault
         assert done["status"] == "succeeded", done
         assert done["attempts"] == 2  # the batch's delivery died; the next one finished
         assert _result_count(faulty, job["id"]) == 1
-        assert faulty.redis.hget(f"{faulty.prefix}:job:{job['id']}", "terminal_writes") == b"1"
+        assert faulty.redis.hget(f"{faulty.prefix}:job:{job['id']}", "terminal_attempts") == b"1"
     assert faulty.redis.llen(inflight[0]) == 0
     faulty.wait_ready()
 

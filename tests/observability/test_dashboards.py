@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from shared.redis_server import free_port
+from sam2fleet.launcher.redis_server import free_port
 from tests.observability.conftest import WORKERS, ObsFleet, Traffic
 from tests.support import ROOT
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from shared.images import image_id_for
+from sam2fleet.shared.images import image_id_for
 from tests import oracle
 from tests.conftest import SMALL, fleet_fixture
 from tests.support import Fleet, RedisServer, encode, scene

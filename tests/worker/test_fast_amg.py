@@ -11,10 +11,10 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from sam2fleet.worker.fast_amg import FastAutomaticMaskGenerator
 from tests import oracle
 from tests.conftest import SMALL
 from tests.support import scene
-from worker.fast_amg import FastAutomaticMaskGenerator
 
 KNOB_SETS: dict[str, dict[str, Any]] = {
     # Every candidate through (NMS at 1.0 keeps all): 8*8 points x 3 masks.

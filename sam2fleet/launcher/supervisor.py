@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.redis_server import RedisHandle, ensure_redis
-from shared.settings import Settings
+from sam2fleet.launcher.redis_server import RedisHandle, ensure_redis
+from sam2fleet.shared.settings import Settings
 
 
 @dataclass
@@ -86,12 +86,12 @@ class Fleet:
                     "SAM2FLEET_WORKER_METRICS_PORT": str(self.settings.worker_metrics_port + i),
                 }
             self.children.append(
-                Child(name, [py, "-m", "shared.cli", "worker", "--name", name], {**env, **extra})
+                Child(name, [py, "-m", "sam2fleet.cli", "worker", "--name", name], {**env, **extra})
             )
         self.children.append(
             Child(
                 "api",
-                [py, "-m", "shared.cli", "api", "--host", self.host, "--port", str(self.port)],
+                [py, "-m", "sam2fleet.cli", "api", "--host", self.host, "--port", str(self.port)],
                 env,
             )
         )
