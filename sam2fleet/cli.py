@@ -16,12 +16,14 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    code: int = args.handler(args)
     return code
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam2fleet", description=__doc__)
+    # Each subcommand sets `handler`, the function that runs it (not `run`: overlay has
+    # a --run option).
     sub = parser.add_subparsers(dest="command", required=True)
     _add_up(sub)
     _add_worker(sub)
@@ -55,7 +57,7 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument(
         "--no-download", action="store_true", help="do not fetch a missing checkpoint; fail instead"
     )
-    up.set_defaults(run=_up)
+    up.set_defaults(handler=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -87,7 +89,7 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     worker = sub.add_parser("worker", help="run one Celery worker holding one SAM 2 model")
     worker.add_argument("--name", default="worker", help="Celery node name")
     worker.add_argument("--loglevel", default="INFO")
-    worker.set_defaults(run=_worker)
+    worker.set_defaults(handler=_worker)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -130,7 +132,7 @@ def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     api = sub.add_parser("api", help="run the HTTP gateway")
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
-    api.set_defaults(run=_api)
+    api.set_defaults(handler=_api)
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -166,9 +168,9 @@ def _add_checkpoints(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=None,
         help="a model name, or `all` (default SAM2FLEET_MODEL); `list` shows the names",
     )
-    dl.set_defaults(run=_checkpoints_download)
+    dl.set_defaults(handler=_checkpoints_download)
     ckpt_sub.add_parser("list", help="known models, files and pinned sha256").set_defaults(
-        run=_checkpoints_list
+        handler=_checkpoints_list
     )
 
 
@@ -222,7 +224,7 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     revoke.add_argument("name_or_digest")
     hash_ = keys_sub.add_parser("hash", help="the digest of a key, for SAM2FLEET_API_KEY_HASHES")
     hash_.add_argument("key")
-    keys.set_defaults(run=_keys)
+    keys.set_defaults(handler=_keys)
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -256,7 +258,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from sam2fleet.enqueue import add_arguments
+    from sam2fleet.enqueue.arguments import add_arguments
 
     p = sub.add_parser(
         "enqueue",
@@ -266,11 +268,11 @@ def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "same --out resumes: done images are skipped, failed ones retried.",
     )
     add_arguments(p)
-    p.set_defaults(run=_enqueue)
+    p.set_defaults(handler=_enqueue)
 
 
 def _enqueue(args: argparse.Namespace) -> int:
-    from sam2fleet.enqueue import main as enqueue_main
+    from sam2fleet.enqueue.command import main as enqueue_main
 
     return enqueue_main(args)
 
@@ -309,7 +311,7 @@ def _add_overlay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--server", default=None, help="API base URL (default SAM2FLEET_SERVER)")
     p.add_argument("--api-key", default=None, help="API key (default SAM2FLEET_API_KEY)")
-    p.set_defaults(run=_overlay)
+    p.set_defaults(handler=_overlay)
 
 
 def _overlay(args: argparse.Namespace) -> int:

@@ -50,7 +50,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of the mask that touch a pixel outside it (4-neighbourhood)."""
     m = np.pad(mask, 1, constant_values=False)
     inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return mask & ~inner
+    edge: np.ndarray = mask & ~inner
+    return edge
 
 
 def _thicken(edge: np.ndarray, radius: int) -> np.ndarray:
@@ -92,11 +93,11 @@ def draw_overlay(
         m = masks[i].astype(bool)
         if m.shape != (h, w):
             raise ValueError(f"mask {i} is {m.shape[::-1]}, image is {w}x{h}")
-        c = np.array(colour(groups[i]), dtype=np.float32)
-        arr[m] = arr[m] * (1 - alpha) + c * alpha
+        tint = np.array(colour(groups[i]), dtype=np.float32)
+        arr[m] = arr[m] * (1 - alpha) + tint * alpha
         e = _thicken(_outline(m), max(0, round(min(w, h) / 400)))
         edges |= e
-        edge_rgb[e] = c
+        edge_rgb[e] = tint
     arr[edges] = edge_rgb[edges]
     out = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
     if scale > 1:
