@@ -3,7 +3,8 @@ tools, in one parser.
 
 Every subcommand imports what it runs only when it runs: the client tools
 (`enqueue`, `overlay`) work on a client-only install without torch, Celery or the
-server packages, and the server commands never load the client.
+server packages (there the server commands stop with one line naming the extra to
+install), and the server commands never load the client.
 """
 
 from __future__ import annotations
@@ -13,17 +14,39 @@ import os
 import sys
 from pathlib import Path
 
+SERVER_EXTRA = ("server",)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except ModuleNotFoundError as exc:
+        # On a client-only install the server's packages are absent: one line that
+        # says what to install instead of a traceback from deep inside an import.
+        extras: tuple[str, ...] = args.extras
+        missing = (exc.name or "").split(".")[0]
+        if not extras or missing in ("", "sam2fleet"):
+            raise  # no extra brings it: a broken install, or a bug
+        print(missing_extras(args.command, extras, exc.name), file=sys.stderr)
+        return 2
     return code
+
+
+def missing_extras(command: str, extras: tuple[str, ...], module: str | None) -> str:
+    names = " and ".join(f"`{e}`" for e in extras)
+    return (
+        f"sam2fleet {command}: needs the {names} extra{'s' if len(extras) > 1 else ''}, "
+        f"not installed here (no module named {module!r}): "
+        f"pip install 'sam2fleet[{','.join(extras)}]'"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam2fleet", description=__doc__)
     # Each subcommand sets `handler`, the function that runs it (not `run`: overlay has
-    # a --run option).
+    # a --run option), and `extras`, what it needs beyond the client-only install.
+    parser.set_defaults(extras=())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_up(sub)
     _add_worker(sub)
@@ -57,7 +80,7 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument(
         "--no-download", action="store_true", help="do not fetch a missing checkpoint; fail instead"
     )
-    up.set_defaults(handler=_up)
+    up.set_defaults(handler=_up, extras=SERVER_EXTRA)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -89,7 +112,7 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     worker = sub.add_parser("worker", help="run one Celery worker holding one SAM 2 model")
     worker.add_argument("--name", default="worker", help="Celery node name")
     worker.add_argument("--loglevel", default="INFO")
-    worker.set_defaults(handler=_worker)
+    worker.set_defaults(handler=_worker, extras=(*SERVER_EXTRA, "model"))
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -132,7 +155,7 @@ def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     api = sub.add_parser("api", help="run the HTTP gateway")
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
-    api.set_defaults(handler=_api)
+    api.set_defaults(handler=_api, extras=SERVER_EXTRA)
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -160,6 +183,7 @@ def _api(args: argparse.Namespace) -> int:
 
 def _add_checkpoints(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ckpt = sub.add_parser("checkpoints", help="manage Meta's SAM 2.1 checkpoints")
+    ckpt.set_defaults(extras=SERVER_EXTRA)
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
     dl = ckpt_sub.add_parser("download", help="download, resume and verify checkpoints")
     dl.add_argument(
@@ -224,7 +248,7 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     revoke.add_argument("name_or_digest")
     hash_ = keys_sub.add_parser("hash", help="the digest of a key, for SAM2FLEET_API_KEY_HASHES")
     hash_.add_argument("key")
-    keys.set_defaults(handler=_keys)
+    keys.set_defaults(handler=_keys, extras=SERVER_EXTRA)
 
 
 def _keys(args: argparse.Namespace) -> int:
