@@ -85,6 +85,10 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         out.wait_for(rf"API: http://127\.0\.0\.1:{api_port}")
         out.wait_for(r"ready\. Try:")
         assert any("curl -s" in line for line in out.lines)
+        # It waited for the worker without polling the API (each poll an access-log
+        # line): one /livez to see the API up, no /readyz.
+        polls = [line for line in out.lines if re.search(r"GET /(readyz|livez)", line)]
+        assert len(polls) <= 1, polls
         base = f"http://127.0.0.1:{api_port}"
         body = {"image": b64(encode(scene(120, 90))), "prompts": [{"box": [10, 10, 80, 60]}]}
         assert run(base, body)["status"] == "succeeded"
