@@ -103,7 +103,9 @@ class Fleet:
         )
 
     def run(self) -> int:
-        self.redis = ensure_redis(self.settings.redis_url, self.data_dir / "redis")
+        self.redis = ensure_redis(
+            self.settings.redis_url, self.data_dir / "redis", self.settings.redis_maxmemory_bytes
+        )
         where = f" (data in {self.redis.data_dir})" if self.redis.data_dir else ""
         say(f"redis: {self.redis.source} at {self.redis.url}{where}")
         self.plan()

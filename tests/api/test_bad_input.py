@@ -219,3 +219,11 @@ def test_multipart_without_image_part_is_422(client: httpx.Client) -> None:
         "/v1/jobs", data={"job": '{"mode": "auto"}'}, files={"other": ("x.png", b"123")}
     )
     _error(r, 422, "invalid_input", "image")
+
+
+def test_a_wrong_method_is_405_naming_every_method_of_the_path(client: httpx.Client) -> None:
+    r = client.request("PUT", "/v1/jobs/" + "0" * 32)
+    _error(r, 405, "method_not_allowed")
+    # Two routes serve this path: the answer names both, not only the first.
+    assert r.headers["allow"] == "DELETE, GET"
+    assert client.request("ZZZA", "/livez").headers["allow"] == "GET"
