@@ -80,12 +80,17 @@ def _submit(runner: JobRunner, spec: JobSpec) -> str:
 PROMPT = JobSpec(prompts=[Prompt(box=[5, 5, 60, 50])])
 
 
-def test_a_job_is_observed_at_its_start_and_its_one_terminal_write(runner: JobRunner) -> None:
+def _started(runner: JobRunner) -> tuple[RecordingObserver, str, JobRecord]:
     observer = runner.observer
     assert isinstance(observer, RecordingObserver)
     job_id = _submit(runner, PROMPT)
     record = runner.start(job_id)
     assert record is not None and record.status == JobStatus.running
+    return observer, job_id, record
+
+
+def test_a_job_is_observed_at_its_start_and_its_one_terminal_write(runner: JobRunner) -> None:
+    observer, job_id, record = _started(runner)
     assert runner.settle(job_id, record) == "succeeded"
     runner.end(job_id, "succeeded")
     assert runner.store.status(job_id) == JobStatus.succeeded
@@ -103,11 +108,7 @@ def test_a_job_is_observed_at_its_start_and_its_one_terminal_write(runner: JobRu
 
 
 def test_a_cancelled_job_stops_without_a_terminal_write(runner: JobRunner) -> None:
-    observer = runner.observer
-    assert isinstance(observer, RecordingObserver)
-    job_id = _submit(runner, PROMPT)
-    record = runner.start(job_id)
-    assert record is not None
+    observer, job_id, record = _started(runner)
     runner.store.redis.hset(runner.store.keys.job(job_id), "status", "cancelled")
     assert runner.settle(job_id, record) == "cancelled"
     assert observer.calls == [("started", job_id)]
@@ -115,11 +116,7 @@ def test_a_cancelled_job_stops_without_a_terminal_write(runner: JobRunner) -> No
 
 
 def test_a_bad_job_fails_with_its_error_type(runner: JobRunner) -> None:
-    observer = runner.observer
-    assert isinstance(observer, RecordingObserver)
-    job_id = _submit(runner, PROMPT)
-    record = runner.start(job_id)
-    assert record is not None
+    observer, job_id, record = _started(runner)
     runner.store.redis.delete(runner.store.keys.image(record.owner, record.image_id))
     assert runner.settle(job_id, record) == "failed"
     assert observer.calls[-1] == ("failed", job_id, "invalid_image", True)
