@@ -21,7 +21,8 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
 
 def rle_decode(segmentation: dict[str, Any]) -> np.ndarray:
     rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
-    return mask_utils.decode(rle).astype(bool)
+    mask: np.ndarray = mask_utils.decode(rle).astype(bool)
+    return mask
 
 
 def png_encode(mask: np.ndarray) -> str:
