@@ -161,6 +161,17 @@ def test_sentinel_set_starts_fails_over_and_takes_the_lost_pod_back(pods: Pods) 
         "three sentinels in quorum",
     )
     assert pods.primary(2).splitlines()[0] == "redis-0.redis"
+    # Each sentinel learns the replicas from the primary's INFO, every 10 s: a primary
+    # lost before that leaves a sentinel blind to a replica (it cannot promote it nor
+    # point it at the new primary). The steady state comes first.
+    for i in range(PODS):
+        until(
+            lambda i=i: (
+                pods.cli(i, 26379, "sentinel", "replicas", "sam2fleet").count(".redis:") == PODS - 1
+            ),
+            pods,
+            f"sentinel of redis-{i} knows both replicas",
+        )
     assert pods.cli(0, 6379, "set", "accepted", "job-1") == "OK"
     assert pods.cli(0, 6379, "wait", "2", "5000") == "2"  # on both replicas
 
@@ -191,4 +202,9 @@ def test_sentinel_set_starts_fails_over_and_takes_the_lost_pod_back(pods: Pods) 
         "three sentinels in quorum again",
     )
     assert pods.cli(0, 6379, "get", "accepted") == "job-1"
-    assert pods.replication(survivor).get("connected_slaves") == "2"
+    # The sentinels move the other replica over too (one at a time: parallel-syncs 1).
+    until(
+        lambda: pods.replication(survivor).get("connected_slaves") == "2",
+        pods,
+        f"both other pods replicas of {new}",
+    )

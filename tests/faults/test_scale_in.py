@@ -36,7 +36,7 @@ def probe(fleet: FaultFleet) -> int:
 
 
 @pytest.fixture(scope="module")
-def faulty(
+def no_worker(
     redis_server: RedisServer, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultFleet]:
     """The API with the fault seam on, and no worker yet: the test starts its own."""
@@ -55,41 +55,40 @@ def faulty(
         fleet.redis.close()
 
 
-def test_sigterm_finishes_the_running_job_takes_no_new_one_and_exits(faulty: FaultFleet) -> None:
-    assert probe(faulty) == 1  # no worker on this host yet
+def test_sigterm_finishes_the_running_job_takes_no_new_one_and_exits(no_worker: FaultFleet) -> None:
+    f = no_worker
+    assert probe(f) == 1  # no worker on this host yet
 
-    worker = faulty._spawn("pod", [str(CONSOLE_SCRIPT), "worker", "--name", "pod"])
-    faulty.procs["pod"] = worker
-    faulty.wait_ready()
+    worker = f._spawn("pod", [str(CONSOLE_SCRIPT), "worker", "--name", "pod"])
+    f.procs["pod"] = worker
+    f.wait_ready()
     # `sam2fleet worker` became Celery in its own process: the pid a container's
     # runtime signals (PID 1 there) is Celery's, so SIGTERM is its warm shutdown.
     assert "celery" in psutil.Process(worker.pid).cmdline()
-    assert probe(faulty) == 0
+    assert probe(f) == 0
 
-    running = submit(faulty.base_url, faulty.job_body("sleep:3"))
-    faulty.wait_status(running["id"], "running")
+    running = submit(f.base_url, f.job_body("sleep:3"))
+    f.wait_status(running["id"], "running")
     # An automatic-mode job: never taken into a batch of prompt jobs, so only a
     # delivery by Celery could start it.
-    image, _ = faulty.image()
-    waiting = submit(
-        faulty.base_url, {"image": image, "mode": "auto", "auto": {"points_per_side": 4}}
-    )
-    assert faulty.wait_status(waiting["id"], "queued")["attempts"] == 0
+    image, _ = f.image()
+    waiting = submit(f.base_url, {"image": image, "mode": "auto", "auto": {"points_per_side": 4}})
+    assert f.wait_status(waiting["id"], "queued")["attempts"] == 0
 
     worker.send_signal(signal.SIGTERM)
-    done = wait(faulty.base_url, running["id"], timeout=60)
+    done = wait(f.base_url, running["id"], timeout=60)
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert worker.wait(timeout=60) == 0
-    faulty.procs.pop("pod")
+    f.procs.pop("pod")
 
-    left = httpx.get(f"{faulty.base_url}/v1/jobs/{waiting['id']}").json()
+    left = httpx.get(f"{f.base_url}/v1/jobs/{waiting['id']}").json()
     assert (left["status"], left["attempts"]) == ("queued", 0), left
-    queue = Keys(faulty.prefix).queue("sam2.1_hiera_tiny")
-    assert any(waiting["id"].encode() in m for m in faulty.redis.lrange(queue, 0, -1))
-    assert probe(faulty) == 1  # the stopped worker no longer reports ready
+    queue = Keys(f.prefix).queue("sam2.1_hiera_tiny")
+    assert any(waiting["id"].encode() in m for m in f.redis.lrange(queue, 0, -1))
+    assert probe(f) == 1  # the stopped worker no longer reports ready
 
-    faulty.start_worker("w0")  # the autoscaler's other worker
-    faulty.wait_ready()
-    later = wait(faulty.base_url, waiting["id"], timeout=60)
+    f.start_worker("w0")  # the autoscaler's other worker
+    f.wait_ready()
+    later = wait(f.base_url, waiting["id"], timeout=60)
     assert later["status"] == "succeeded" and later["attempts"] == 1, later
-    assert faulty.redis.hget(f"{faulty.prefix}:job:{waiting['id']}", "terminal_attempts") == b"1"
+    assert f.redis.hget(f"{f.prefix}:job:{waiting['id']}", "terminal_attempts") == b"1"

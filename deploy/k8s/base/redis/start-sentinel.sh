@@ -1,6 +1,6 @@
 #!/bin/sh
 # The sentinel of one pod. Three of them (one per pod), a quorum of two: losing the
-# primary's pod promotes a replica within about down-after-milliseconds plus a few s.
+# primary's pod promotes a replica within about down-after-milliseconds plus a second.
 # Sentinel rewrites its configuration file, so it is written fresh into a writable
 # volume on every start.
 set -eu
