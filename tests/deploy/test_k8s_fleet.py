@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 from sam2fleet.shared.metrics import STAGES, error_types
@@ -241,9 +242,6 @@ def test_scaled_object_and_monitors_share_one_prometheus_address() -> None:
         t["metadata"]["serverAddress"]
         for t in one(docs, "ScaledObject", "sam2fleet-worker")["spec"]["triggers"]
     }
-    import yaml
-
     source = one(docs, "ConfigMap", "sam2fleet-grafana-datasource")["data"]
     urls = {s["url"] for s in yaml.safe_load(next(iter(source.values())))["datasources"]}
     assert len(addresses) == 1 and addresses == urls
-    assert all(c.spec["image"] for c in fleet_containers(docs))
