@@ -30,7 +30,17 @@ _CODEC_NAMES = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx": "vp8", "libvpx
 ACCEPTED_CODECS = ("h264", "hevc", "vp8", "vp9", "av1")
 # FFmpeg's demuxer names: one for the MP4/MOV family, one for Matroska/WebM.
 CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "matroska"}
-ZIP_MAGIC = b"PK\x03\x04"
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a first entry, or an empty archive
+# The first bytes of the accepted containers: an ISO/QuickTime box type at offset 4,
+# or Matroska's EBML header. A file that starts so but does not open is cut or broken.
+_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+_EBML = b"\x1a\x45\xdf\xa3"
+
+
+def looks_like_container(head: bytes) -> bool:
+    return head[4:8] in _BOX_TYPES or head.startswith(_EBML)
+
+
 FRAME_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
 _NUMBER = re.compile(r"(\d+)$")
 
@@ -113,9 +123,15 @@ def open_container(file: IO[bytes]) -> tuple[Any, Any]:
     import av
 
     file.seek(0)
+    head = file.read(12)
+    file.seek(0)
     try:
         container = av.open(file, mode="r")
-    except av.error.InvalidDataError:
+    except av.error.InvalidDataError as exc:
+        if looks_like_container(head):
+            raise InvalidVideo(
+                f"the video is truncated or corrupt: {_ffmpeg_message(exc)}"
+            ) from None
         raise UnsupportedVideo(
             "not a recognised video; send MP4/MOV (H.264, H.265, AV1), WebM/MKV "
             "(VP8, VP9, AV1) or a zip of numbered JPEG/PNG frames"

@@ -16,26 +16,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from sam2fleet.shared.schemas import ModelStamp, Prompt, _Strict
+from sam2fleet.shared.schemas import Prompt, _Strict
 
 MAX_OBJ_ID = 2**31 - 1
-
-
-class VideoInfo(BaseModel):
-    """`POST /v1/videos`'s answer. Sizes are as displayed (rotation applied)."""
-
-    video_id: str
-    frames: int
-    fps: float
-    width: int
-    height: int
-    duration_s: float
-    codec: str = Field(description="h264, hevc, vp8, vp9, av1; jpeg or png for a zip of frames.")
-    container: Literal["mp4", "matroska", "zip"] = Field(
-        description="mp4 (MP4/MOV), matroska (MKV/WebM) or zip (numbered frames)."
-    )
-    rotation: int = Field(0, description="Display rotation applied to the frames, degrees.")
-    bytes: int
 
 
 class RleMask(_Strict):
@@ -172,24 +155,3 @@ class FramePage(BaseModel):
     next_start: int | None = Field(
         None, description="`start` of the next page; null when no later frame is recorded yet."
     )
-
-
-class Progress(BaseModel):
-    frames_done: int
-    frames_total: int
-
-
-class ObjectSummary(BaseModel):
-    obj_id: int
-    frames_present: int = Field(description="Recorded frames where its mask is not empty.")
-    first_frame: int | None = None
-    last_frame: int | None = None
-
-
-class VideoResult(BaseModel):
-    video: VideoInfo
-    model: ModelStamp
-    frames: int = Field(description="Frame records written (GET /v1/jobs/{id}/frames).")
-    objects: list[ObjectSummary]
-    timings: dict[str, float]
-    notes: list[str] = Field(default_factory=list)

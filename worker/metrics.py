@@ -38,6 +38,7 @@ from sam2fleet.shared.metrics import (
 )
 from sam2fleet.shared.records import Heartbeat, JobRecord
 from sam2fleet.shared.schemas import ErrorBody
+from sam2fleet.worker import video_metrics
 from sam2fleet.worker.observability import node_name
 from sam2fleet.worker.store import JobStore
 
@@ -300,6 +301,8 @@ class ObservedJobStore(JobStore):
 
 
 def _batch_size(record: JobRecord) -> int:
+    if record.mode == "video":
+        return 1  # one video per job; its objects are tracked one after another
     spec = record.spec
     if spec.mode == "auto":
         return spec.auto.points_per_side**2
@@ -326,6 +329,7 @@ def observe(runtime: Runtime, warmup_s: float) -> None:
         MASKS.labels(model, mode, worker)
     CACHE_HITS.labels(model, worker)
     CACHE_MISSES.labels(model, worker)
+    video_metrics.prepare(model)
     MODEL_LOAD.labels(model, worker).set(runtime.model.load_seconds)
     WARMUP.labels(model, worker).set(warmup_s)
     WORKER_UP.labels(model, str(memory.device), worker).set(1)

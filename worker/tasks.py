@@ -32,7 +32,7 @@ from sam2fleet.shared.errors import InputTooLarge, InvalidImage, JobTimeout, Sam
 from sam2fleet.shared.queue import SEGMENT_TASK
 from sam2fleet.shared.records import JobRecord
 from sam2fleet.shared.schemas import JobSpec
-from sam2fleet.worker import admission, batching, faults, pipeline, runtime
+from sam2fleet.worker import admission, batching, faults, pipeline, runtime, video_jobs
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ def segment(job_id: str) -> str:
         log.info("job %s skipped: gone, cancelled, finished or out of attempts", job_id)
         return "skipped"
     try:
+        if record.mode == "video":  # worker/video_jobs.py; clicks are answered between frames
+            hooks = video_jobs.Hooks(partial(_settle, rt), partial(_run, rt), JobCancelled)
+            return video_jobs.run(rt, job_id, record, hooks)
         if record.mode == "prompt" and rt.gatherer is not None:
             taken = rt.gatherer.take(rt.gatherer.max_size - 1)
             if taken:

@@ -17,6 +17,7 @@ ever whole in a worker's memory.
 from __future__ import annotations
 
 import io
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -67,7 +68,7 @@ class LazyFrames:
         self._mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
         self._std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
         self.decoded = 0  # frames decoded so far (for tests and metrics)
-        self.first_hw: tuple[int, int] | None = None
+        self.decode_s = 0.0  # seconds spent decoding and resizing
 
     def __len__(self) -> int:
         return self.reader.frames
@@ -90,15 +91,15 @@ class LazyFrames:
             self._next = start
         decoding = self._decoding
         self._decoding = None  # kept below only while it can run on
+        mark = time.perf_counter()
         for position, rgb in decoding:
             self.decoded += 1
-            if self.first_hw is None:
-                self.first_hw = (rgb.shape[0], rgb.shape[1])
             self._keep(position, preprocess(rgb, self.image_size))
             self._next = position + 1
             if position >= index:
                 self._decoding = decoding
                 break
+        self.decode_s += time.perf_counter() - mark
         found = self.cache.get(index)
         if found is None:
             raise InvalidVideo(f"frame {index} could not be decoded (the video ended early)")

@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 
+from sam2fleet.api import video_jobs
 from sam2fleet.api.auth import Owner, check_rate
 from sam2fleet.api.deps import ServiceDep, SettingsDep
 from sam2fleet.api.payload import job_from_request
+from sam2fleet.api.routes.videos import _videos
 from sam2fleet.shared.errors import InvalidInput
 from sam2fleet.shared.schemas import JobPublic
 
@@ -60,6 +62,10 @@ async def submit_job(
 ) -> Any:
     """Validate fully, store the image once, queue the job; answer 202 with its id."""
     await check_rate(request, owner)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.body()
+        if video_jobs.is_video_job(body):  # api/video_jobs.py
+            return await video_jobs.submit(body, service, _videos(request), owner, idempotency_key)
     spec, image_bytes, image_id = await job_from_request(request, settings)
     if image_bytes is not None:
         image = await service.store_image(image_bytes, owner)
