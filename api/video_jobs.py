@@ -146,11 +146,20 @@ def check_mask(index: int, size: list[int], counts: str, info: VideoInfo) -> Non
             f"prompts[{index}] mask is {size[0]}x{size[1]} (height x width); the video is "
             f"{info.height}x{info.width}"
         )
+    rle = {"size": size, "counts": counts.encode()}
     try:
-        area = int(mask_utils.area({"size": size, "counts": counts.encode()}))
-    except Exception:  # pycocotools raises bare errors on a malformed RLE string
-        raise InvalidPrompt(f"prompts[{index}] mask is not a valid COCO RLE") from None
-    if area == 0:
+        # pycocotools reads any string without complaint: a string that does not come
+        # back the same when its mask is encoded again is not an RLE of that size.
+        decoded = mask_utils.decode(rle)
+        valid = mask_utils.encode(decoded)["counts"] == rle["counts"]
+    except Exception:  # pycocotools raises bare errors on some malformed strings
+        valid = False
+    if not valid:
+        raise InvalidPrompt(
+            f"prompts[{index}] mask is not a valid COCO RLE of a {size[0]}x{size[1]} mask "
+            "(compressed counts, as pycocotools writes them)"
+        )
+    if not decoded.any():
         raise InvalidPrompt(f"prompts[{index}] mask is empty")
 
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 import io
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
-import redis
 import torch
 from PIL import Image
 
@@ -119,13 +118,18 @@ class LazyFrames:
 
 class RedisBlob(io.RawIOBase):
     """A read-only, seekable file over a blob stored as numbered chunk keys, fetched
-    as they are read (a few kept). PyAV and zipfile read through it."""
+    as they are read (a few kept). PyAV and zipfile read through it. `fetch` reads
+    one key (the worker's retries a Redis restart)."""
 
     def __init__(
-        self, client: redis.Redis, chunk_keys: list[str], chunk_bytes: int, size: int
+        self,
+        fetch: Callable[[str], bytes | None],
+        chunk_keys: list[str],
+        chunk_bytes: int,
+        size: int,
     ) -> None:
         super().__init__()
-        self.client = client
+        self.fetch = fetch
         self.chunk_keys = chunk_keys
         self.chunk_bytes = chunk_bytes
         self.size = size
@@ -166,7 +170,7 @@ class RedisBlob(io.RawIOBase):
         if found is not None:
             self._chunks.move_to_end(n)
             return found
-        data = self.client.get(self.chunk_keys[n])
+        data = self.fetch(self.chunk_keys[n])
         if data is None:
             raise InvalidVideo("the video expired while the job ran; upload it again")
         self.fetched += 1

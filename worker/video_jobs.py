@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import redis
 import torch
 from pycocotools import mask as mask_utils
 
@@ -130,8 +131,12 @@ def _track(rt: Any, job_id: str, record: JobRecord, hooks: Hooks) -> dict[str, A
     tracker = tracker_for(rt)
     _admit(rt, spec, info.width, info.height, tracker.precision)
     keys = VideoKeys(rt.store.keys.prefix)
+
+    def fetch(key: str) -> bytes | None:
+        return rt.store.retrying(lambda: rt.store.redis.get(key))
+
     blob = RedisBlob(
-        rt.store.redis, keys.chunks(owner, video_id, stored.chunks), stored.chunk_bytes, info.bytes
+        fetch, keys.chunks(owner, video_id, stored.chunks), stored.chunk_bytes, info.bytes
     )
     reader = open_frames(blob, max_pixels=rt.settings.max_video_pixels)
     frames = LazyFrames(reader, tracker.predictor.image_size)
@@ -285,7 +290,11 @@ class InlineJobs:
         if self.limit <= 0:
             return
         started = time.perf_counter()
-        taken = self.gatherer.take(self.limit)
+        try:
+            taken = self.gatherer.take(self.limit)
+        except redis.RedisError as exc:  # Redis restarting: the video goes on, look later
+            log.warning("could not look for prompt jobs between frames: %s", exc)
+            return
         try:
             while taken:
                 job = taken[0]
