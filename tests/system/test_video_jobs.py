@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 
 from tests.support import Fleet, encode, scene
-from tests.system.client import b64, run, submit, wait
-from tests.system.video_client import frames, track, upload, video_fleet_fixture
+from tests.system.client import b64, run, submit
+from tests.system.video_client import frames, track, upload, video_fleet_fixture, wait_end
 from tests.video_support import encode_video, moving_frames
 
 # fp32 here (the oracle tests run bf16): both precisions go through the fleet.
@@ -92,7 +92,7 @@ def test_stream_sends_frames_as_they_are_written(video_fleet: Fleet) -> None:
             seen.append((json.loads(line)["frame"], progress(video_fleet, job["id"])["status"]))
     assert [f for f, _ in seen] == list(range(20))
     assert seen[0][1] == "running"  # the first frames came while the job was running
-    assert wait(video_fleet.base_url, job["id"])["status"] == "succeeded"
+    assert wait_end(video_fleet.base_url, job["id"])["status"] == "succeeded"
 
 
 def test_cancel_stops_within_one_frame(video_fleet: Fleet) -> None:

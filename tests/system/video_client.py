@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import start_fleet
 from tests.support import Fleet, RedisServer
-from tests.system.client import submit, wait
+from tests.system.client import submit
 
 VIDEO_SIZE = 128  # reduced input size of the video tests (a frame: ~0.3 s on one core)
 # Video workers in the tests run one torch thread (the oracle does too: CPU results
@@ -35,6 +36,19 @@ def video_fleet_fixture(prefix: str, image_size: int = VIDEO_SIZE, **env: str) -
         f.stop()
 
     return _fleet
+
+
+def wait_end(base_url: str, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    """Long-poll until the job has ended: video jobs outlast one `?wait=` (60 s cap)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(1.0, deadline - time.monotonic())
+        r = httpx.get(f"{base_url}/v1/jobs/{job_id}", params={"wait": min(left, 60)}, timeout=90)
+        assert r.status_code == 200, r.text
+        job = r.json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, f"job not ended after {timeout} s: {job}"
 
 
 def upload(base_url: str, data: bytes, **params: Any) -> dict[str, Any]:
@@ -65,7 +79,7 @@ def track(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run a video job to its end: the job and its frame records."""
     body = {"mode": "video", "video_id": video_id, "prompts": prompts, "video": video}
-    job = wait(base_url, submit(base_url, body)["id"], timeout)
+    job = wait_end(base_url, submit(base_url, body)["id"], timeout)
     assert job["status"] == "succeeded", job
     return job, frames(base_url, job["id"])
 
