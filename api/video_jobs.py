@@ -252,16 +252,17 @@ async def frame_stream(
     service: JobService, job_id: str, owner: str, skip: int
 ) -> AsyncIterator[bytes]:
     """NDJSON: the job's frame records in the order they are tracked, each as soon as
-    it is written; ends once the job has ended and its records are all sent."""
+    it is written; ends once the job has ended (so its result is there to read) and
+    its records are all sent."""
     _, order = await video_job(service, job_id, owner)
     key = VideoKeys(service.settings.key_prefix).frames(job_id)
     position = skip
 
     async def stream() -> AsyncIterator[bytes]:
         nonlocal position
-        while position < len(order):
+        while True:
             batch = order[position : position + STREAM_BATCH]
-            values = await service.redis.hmget(key, batch)
+            values = await service.redis.hmget(key, batch) if batch else []
             sent = 0
             for value in values:
                 if value is None:
@@ -274,7 +275,7 @@ async def frame_stream(
             status = await service.redis.hget(service.keys.job(job_id), "status")
             if status is None or JobStatus(status.decode()).terminal:
                 # A record written just before the terminal state is still sent.
-                if await service.redis.hexists(key, order[position]):
+                if position < len(order) and await service.redis.hexists(key, order[position]):
                     continue
                 return
             await asyncio.sleep(STREAM_POLL_S)

@@ -509,7 +509,49 @@ def throughput() -> Board:
         ],
         width=8,
     )
+    video(b, sel)
     return b
+
+
+def video(b: Board, sel: str) -> None:
+    """Video jobs (docs/video.md): frames tracked, time per frame, memory held."""
+    b.row("Video")
+    b.panel(
+        "Video frames/s per worker",
+        "Frames SAM 2's video predictor tracked (all objects of a frame count once).",
+        [
+            (
+                f"sum by (worker) (rate(sam2fleet_video_frames_tracked_total{{{sel}}}[{RI}]))",
+                "{{worker}}",
+            )
+        ],
+        unit="short",
+        width=8,
+    )
+    b.panel(
+        "Time per video frame p50 / p95 / p99",
+        "Decoding, tracking, encoding and writing one frame's record (prompt jobs "
+        "answered between frames excluded).",
+        [
+            (q(p, "sam2fleet_video_frame_seconds", sel, "model"), f"p{int(p * 100)} {{{{model}}}}")
+            for p in (0.5, 0.95, 0.99)
+        ],
+        unit="s",
+        width=8,
+    )
+    b.panel(
+        "Memory during video jobs",
+        "Tensors SAM 2's tracking state holds (flat in the video's length: outputs SAM 2 "
+        "no longer reads are dropped), the device's allocated bytes, and the worker "
+        "process's resident memory (decoded frames and the host side of a CPU worker).",
+        [
+            (f"sam2fleet_video_state_bytes{{{sel}}}", "state {{worker}}"),
+            (f"sam2fleet_gpu_memory_allocated_bytes{W}", "device allocated {{worker}}"),
+            ('process_resident_memory_bytes{job="sam2fleet-worker"}', "resident {{instance}}"),
+        ],
+        unit="bytes",
+        width=8,
+    )
 
 
 BOARDS = {"gpu-memory.json": gpu_memory, "latency.json": latency, "throughput.json": throughput}

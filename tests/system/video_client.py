@@ -20,7 +20,7 @@ VIDEO_SIZE = 128  # reduced input size of the video tests (a frame: ~0.3 s on on
 VIDEO_ENV = {"SAM2FLEET_TORCH_THREADS": "1", "SAM2FLEET_PRECISION": "bf16"}
 
 
-def video_fleet_fixture(prefix: str, image_size: int = VIDEO_SIZE, **env: str) -> Any:
+def video_fleet_fixture(prefix: str, image_size: int | None = VIDEO_SIZE, **env: str) -> Any:
     """A module-scoped fleet on the video checkpoint (objects present), its own prefix."""
 
     @pytest.fixture(scope="module")
