@@ -7,7 +7,8 @@ What one job holds on the device beyond the model's weights, at its peak:
 
 - one frame through the image encoder (`ENCODER_BYTES_PER_TOKEN_CHANNEL` x C x T,
   as worker/admission.py measured it; x 0.7 under bf16 autocast) and the frame's
-  features kept for the objects' steps (`FEATURES_BYTES_PER_TOKEN` x T);
+  features and position encodings kept for the objects' steps, with what SAM 2
+  caches on its first frame (`FEATURES_BYTES_PER_TOKEN` x T);
 - per object, the outputs kept for the frames SAM 2 still reads (`lookback` + its
   prompted frames), each a bf16 memory of 64 channels at stride 16 and float32
   low-res mask logits at stride 4 (`OUTPUT_BYTES_PER_TOKEN` x T), and one step of
@@ -16,9 +17,14 @@ What one job holds on the device beyond the model's weights, at its peak:
 - every object's mask at the video's resolution: float32 logits, the
   interpolation's output, and a bool copy (`BYTES_PER_VIDEO_PIXEL` per object).
 
-T = (image_size / 4)^2. Then x `HEADROOM`. Measured on CPU (1 thread, tiny, 128 px,
-160x120 video, 6 frames): see tests/worker/test_video_memory.py, which checks the
-prediction against `measure_peak_bytes` of real tracking. No torch here.
+T = (image_size / 4)^2. Then x `HEADROOM`. Measured on CPU (torch 2.14, 1 thread,
+tiny, 6 frames, `measure_peak_bytes` around the whole tracking): a predictor's first
+video peaked at 8.5 MiB at 128 px and 33.5 MiB at 256 px with one object at 160x120
+(the encoder's 4.7 / 18.75 MiB plus ~3.7 KB per token: `FEATURES_BYTES_PER_TOKEN` +
+`STEP_BYTES_PER_TOKEN`), later videos at 5-10 / 13-24 MiB whatever the objects
+(1-3) and resolution (160x120, 640x480), fp32 or bf16. The estimate is 1.1-2.6x
+those; tests/worker/test_video_memory.py keeps it between 1x and 4x. GPU
+calibration is pending, as for images. No torch here.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ ENCODER_CHANNELS = {
 }
 ENCODER_BYTES_PER_TOKEN_CHANNEL = 50
 LOW_PRECISION_ENCODER = 0.7
-FEATURES_BYTES_PER_TOKEN = 512  # three levels of features and their position encodings
+FEATURES_BYTES_PER_TOKEN = 1536  # features, position encodings, first-frame caches
 OUTPUT_BYTES_PER_TOKEN = 12  # 64 x 2 B at stride 16 (T/16) + 4 B mask logits at stride 4
-STEP_BYTES_PER_TOKEN = 700  # memory attention + the mask decoder for one object
+STEP_BYTES_PER_TOKEN = 2304  # memory attention + the mask decoder for one object
 BYTES_PER_VIDEO_PIXEL = 9
 LOOKBACK = 15  # max_obj_ptrs_in_encoder - 1 of every SAM 2.1 config
 HEADROOM = 1.25
