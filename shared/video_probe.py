@@ -125,7 +125,7 @@ def _probe_container(file: IO[bytes], video_id: str, size: int, limits: VideoLim
         height=height,
         duration_s=round(frames / fps, 6),
         codec=codec,
-        container=kind,  # type: ignore[arg-type]
+        container=kind,
         rotation=reader.rotation or 0,
         bytes=size,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from sam2fleet.shared.schemas import Prompt, _Strict
 
@@ -38,7 +38,10 @@ class VideoPrompt(Prompt):
     @model_validator(mode="after")
     def _consistent(self) -> VideoPrompt:
         if self.mask is None:
-            Prompt._consistent(self)
+            try:  # the image prompt's rules for points, labels and box
+                Prompt(points=self.points, labels=self.labels, box=self.box)
+            except ValidationError as exc:
+                raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         elif self.points is not None or self.box is not None or self.labels is not None:
             raise ValueError("a mask prompt takes no points, labels or box")
         return self

@@ -19,6 +19,7 @@ job runs again from its first frame, writing only the frames not yet written.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -133,12 +134,15 @@ def _track(rt: Any, job_id: str, record: JobRecord, hooks: Hooks) -> dict[str, A
     keys = VideoKeys(rt.store.keys.prefix)
 
     def fetch(key: str) -> bytes | None:
-        return rt.store.retrying(lambda: rt.store.redis.get(key))
+        data: bytes | None = rt.store.retrying(lambda: rt.store.redis.get(key))
+        return data
 
     blob = RedisBlob(
         fetch, keys.chunks(owner, video_id, stored.chunks), stored.chunk_bytes, info.bytes
     )
-    reader = open_frames(blob, max_pixels=rt.settings.max_video_pixels)
+    # Buffered: PyAV reads in small pieces; one chunk fetch serves many of them.
+    buffered = io.BufferedReader(blob, buffer_size=256 * 1024)
+    reader = open_frames(buffered, max_pixels=rt.settings.max_video_pixels)
     frames = LazyFrames(reader, tracker.predictor.image_size)
     if len(frames) != info.frames:
         raise InvalidVideo(f"the video decodes to {len(frames)} frames, not {info.frames}")

@@ -127,9 +127,11 @@ def new_state(predictor: Any, images: LazyFrames, height: int, width: int) -> di
 
 def lookback(predictor: Any) -> int:
     """How many frames back (in the direction of travel) SAM 2 reads outputs from."""
-    stride = predictor.memory_temporal_stride_for_eval
-    memories = 1 + stride * max(predictor.num_maskmem - 2, 0)
-    pointers = predictor.max_obj_ptrs_in_encoder - 1 if predictor.use_obj_ptrs_in_encoder else 0
+    stride = int(predictor.memory_temporal_stride_for_eval)
+    memories = 1 + stride * max(int(predictor.num_maskmem) - 2, 0)
+    pointers = (
+        int(predictor.max_obj_ptrs_in_encoder) - 1 if predictor.use_obj_ptrs_in_encoder else 0
+    )
     return max(memories, pointers, 1)
 
 
@@ -166,7 +168,7 @@ def held_bytes(state: dict[str, Any]) -> int:
                         for t in value if isinstance(value, list) else [value]:
                             if isinstance(t, torch.Tensor):
                                 storage = t.untyped_storage()
-                                seen[storage.data_ptr()] = storage.nbytes()
+                                seen[storage.data_ptr()] = int(storage.nbytes())
     return sum(seen.values())
 
 
