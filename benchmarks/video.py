@@ -55,20 +55,32 @@ def video_checkpoint() -> Path:
     return checkpoint
 
 
+def meta_predictor(checkpoint: Path, size: int | None) -> Any:
+    """Meta's SAM2VideoPredictor on the benchmark's device, built as Meta builds it."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    overrides = [] if size in (None, 1024) else [f"++model.image_size={size}"]
+    return build_sam2_video_predictor(
+        CONFIG, str(checkpoint), device=DEVICE, hydra_overrides_extra=overrides
+    )
+
+
+def compute(precision: str) -> Any:
+    """Meta's examples: bf16 autocast around everything."""
+    kind = DEVICE.split(":")[0]
+    if precision == "bf16":
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return torch.autocast(kind, enabled=False)
+
+
 def meta_in_process(checkpoint: Path, size: int | None, data: bytes, precision: str) -> float:
     """Meta's predictor as shipped, as a script runs it: init_state over a folder of
     frames, one click, propagate, masks thresholded to bool on the host. Seconds."""
-    from tests import video_oracle
     from tests.video_support import decode_video
 
     frames = decode_video(data)
-    predictor = video_oracle.video_predictor(checkpoint, size or 1024)
-    compute = (
-        torch.autocast(DEVICE.split(":")[0], dtype=torch.bfloat16)
-        if precision == "bf16"
-        else torch.autocast(DEVICE.split(":")[0], enabled=False)
-    )
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode(), compute:
+    predictor = meta_predictor(checkpoint, size)
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode(), compute(precision):
         folder = Path(tmp)
         for i, img in enumerate(frames):
             from PIL import Image
@@ -145,17 +157,14 @@ def memory_run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     base_rss = _rss()
     if args.impl == "meta":
-        from tests import video_oracle
-
-        predictor = video_oracle.video_predictor(checkpoint, args.image_size)
-        bf16 = torch.autocast("cpu", dtype=torch.bfloat16)  # as Meta runs it
-        with torch.inference_mode(), bf16:
+        predictor = meta_predictor(checkpoint, args.image_size)
+        with torch.inference_mode(), compute("bf16"):  # as Meta runs it
             base_rss = _rss()
             state = predictor.init_state(args.frames_dir)  # Meta's loader: every frame
             points, labels = CLICK["points"], CLICK["labels"]
             predictor.add_new_points_or_box(state, 0, 1, points=points, labels=labels)
             for n, (_, _, masks) in enumerate(predictor.propagate_in_video(state), 1):
-                (masks > 0.0).numpy()
+                (masks > 0.0).cpu().numpy()
                 if n in marks:
                     samples[n] = _sample(held_bytes(state), state["images"].nbytes, base_rss)
     else:
@@ -165,7 +174,7 @@ def memory_run(args: argparse.Namespace) -> None:
         from sam2fleet.worker.video_tracker import VideoTracker, build_video_predictor
 
         predictor = build_video_predictor(
-            CONFIG, str(checkpoint), torch.device("cpu"), args.image_size
+            CONFIG, str(checkpoint), torch.device(DEVICE), args.image_size
         )
         tracker = VideoTracker(predictor, "bf16")
         base_rss = _rss()

@@ -10,7 +10,7 @@ from sam2fleet.api import video_jobs
 from sam2fleet.api.auth import Owner, check_rate
 from sam2fleet.api.deps import ServiceDep, SettingsDep
 from sam2fleet.api.payload import job_from_request
-from sam2fleet.api.routes.videos import _videos
+from sam2fleet.api.routes.videos import video_store
 from sam2fleet.shared.errors import InvalidInput
 from sam2fleet.shared.schemas import JobPublic
 
@@ -65,7 +65,9 @@ async def submit_job(
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await request.body()
         if video_jobs.is_video_job(body):  # api/video_jobs.py
-            return await video_jobs.submit(body, service, _videos(request), owner, idempotency_key)
+            return await video_jobs.submit(
+                body, service, video_store(request), owner, idempotency_key
+            )
     spec, image_bytes, image_id = await job_from_request(request, settings)
     if image_bytes is not None:
         image = await service.store_image(image_bytes, owner)

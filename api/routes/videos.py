@@ -15,11 +15,11 @@ from sam2fleet.shared.schemas import VideoInfo
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 
-def _videos(request: Request) -> VideoStore:
+def video_store(request: Request) -> VideoStore:
     return VideoStore(request.app.state.settings, request.app.state.service.redis)
 
 
-VideosDep = Annotated[VideoStore, Depends(_videos)]
+VideosDep = Annotated[VideoStore, Depends(video_store)]
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
