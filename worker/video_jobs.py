@@ -125,39 +125,25 @@ def refresh_ttl(rt: Any, owner: str, stored: StoredVideo) -> None:
 
 def _track(rt: Any, job_id: str, record: JobRecord, hooks: Hooks) -> dict[str, Any]:
     spec = VideoJobSpec.model_validate_json(record.spec_json)
-    owner, video_id = record.owner, record.image_id
-    stored = load_video(rt, owner, video_id)
+    owner = record.owner
+    stored = load_video(rt, owner, record.image_id)
     info = stored.info
     refresh_ttl(rt, owner, stored)
     tracker = tracker_for(rt)
     _admit(rt, spec, info.width, info.height, tracker.precision)
     keys = VideoKeys(rt.store.keys.prefix)
-
-    def fetch(key: str) -> bytes | None:
-        data: bytes | None = rt.store.retrying(lambda: rt.store.redis.get(key))
-        return data
-
-    blob = RedisBlob(
-        fetch, keys.chunks(owner, video_id, stored.chunks), stored.chunk_bytes, info.bytes
-    )
-    # Buffered: PyAV reads in small pieces; one chunk fetch serves many of them.
-    buffered = io.BufferedReader(blob, buffer_size=256 * 1024)
-    reader = open_frames(buffered, max_pixels=rt.settings.max_video_pixels)
-    frames = LazyFrames(reader, tracker.predictor.image_size)
-    if len(frames) != info.frames:
-        raise InvalidVideo(f"the video decodes to {len(frames)} frames, not {info.frames}")
     to_write = set(frames_written(spec, info.frames))
     writer = FrameWriter(rt, job_id, keys, hooks, spec.obj_ids())
     inline = InlineJobs(rt, hooks, rt.settings.video_inline_jobs)
-    started = time.perf_counter()
     lease = DeliveryLease(rt, refresh=partial(refresh_ttl, rt, owner, stored))
+    frames = open_video(rt, owner, stored, tracker.predictor.image_size)
+    started = time.perf_counter()
+    tracked_frames = 0
     lease.start()
     try:
         passes = plan(spec, info.frames)
-        steps = tracker.track(frames, (info.height, info.width), spec.prompts, passes)
         mark = time.perf_counter()
-        tracked_frames = 0
-        for tracked in steps:
+        for tracked in tracker.track(frames, (info.height, info.width), spec.prompts, passes):
             tracked_frames += 1
             if tracked.frame in to_write:
                 to_write.discard(tracked.frame)
@@ -174,9 +160,6 @@ def _track(rt: Any, job_id: str, record: JobRecord, hooks: Hooks) -> dict[str, A
         video_metrics.video_ended(rt)
     total = time.perf_counter() - started
     tracking_s = total - frames.decode_s - writer.encode_s - writer.write_s - inline.seconds
-    notes = []
-    if inline.answered:
-        notes.append(f"answered {inline.answered} prompt job(s) between frames")
     return {
         "video": info.model_dump(),
         "model": rt.model.stamp.model_copy(update={"precision": tracker.precision}).model_dump(),
@@ -191,8 +174,30 @@ def _track(rt: Any, job_id: str, record: JobRecord, hooks: Hooks) -> dict[str, A
             "inline_s": round(inline.seconds, 6),
             "frames_per_s": round(tracked_frames / total, 3) if total > 0 else 0.0,
         },
-        "notes": notes,
+        "notes": [f"answered {inline.answered} prompt job(s) between frames"]
+        if inline.answered
+        else [],
     }
+
+
+def open_video(rt: Any, owner: str, stored: StoredVideo, image_size: int) -> LazyFrames:
+    """The stored video's frames, decoded as SAM 2 asks, its bytes read from Redis."""
+    keys, info = VideoKeys(rt.store.keys.prefix), stored.info
+
+    def fetch(key: str) -> bytes | None:
+        data: bytes | None = rt.store.retrying(lambda: rt.store.redis.get(key))
+        return data
+
+    chunks = keys.chunks(owner, info.video_id, stored.chunks)
+    blob = RedisBlob(fetch, chunks, stored.chunk_bytes, info.bytes)
+    # Buffered: PyAV reads in small pieces; one chunk fetch serves many of them.
+    reader = open_frames(
+        io.BufferedReader(blob, buffer_size=256 * 1024), max_pixels=rt.settings.max_video_pixels
+    )
+    if reader.frames != info.frames:
+        reader.close()
+        raise InvalidVideo(f"the video decodes to {reader.frames} frames, not {info.frames}")
+    return LazyFrames(reader, image_size)
 
 
 def started_at(record: JobRecord) -> float:
