@@ -295,7 +295,8 @@ def clicks(base_url: str, image: str, n: int) -> list[float]:
         time.sleep(2.0 * (i + 1))
         started = time.perf_counter()
         body = {"image": image, "prompts": [{"points": [[50 + 10 * i, 60]], "labels": [1]}]}
-        run(base_url, body, timeout=3600)
+        job = wait_end(base_url, submit(base_url, body)["id"], timeout=3600)
+        assert job["status"] == "succeeded", job
         return time.perf_counter() - started
 
     with ThreadPoolExecutor(max_workers=n) as pool:
