@@ -77,11 +77,32 @@ class AutoParams(_Strict):
     min_mask_region_area: int = Field(0, ge=0, le=1_000_000)
 
 
+MaskFormat = Literal["rle", "png", "polygon"]
+MAX_POLYGON_TOLERANCE = 50.0  # pixels; beyond it any mask simplifies to a few vertices
+
+
 class OutputOptions(_Strict):
-    format: Literal["rle", "png"] = Field(
-        "rle", description="`rle`: COCO compressed RLE; `png`: base64 1-bit PNG per mask."
+    format: MaskFormat = Field(
+        "rle",
+        description="`rle`: COCO compressed RLE; `png`: base64 1-bit PNG per mask; "
+        "`polygon`: COCO polygons (holes spliced into their outline, see the README).",
     )
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="Drop masks below this IoU.")
+    polygon_tolerance: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_POLYGON_TOLERANCE,
+        allow_inf_nan=False,
+        description="format=polygon: simplify each ring so that no vertex dropped lies "
+        "farther than this many pixels from it (Douglas-Peucker). 0 keeps the exact "
+        "outline, which rasterises back to the mask itself.",
+    )
+
+    @model_validator(mode="after")
+    def _tolerance_needs_polygons(self) -> OutputOptions:
+        if self.polygon_tolerance > 0 and self.format != "polygon":
+            raise ValueError("polygon_tolerance applies to format=polygon only")
+        return self
 
 
 class JobSpec(_Strict):
@@ -146,6 +167,11 @@ class Segmentation(BaseModel):
     size: list[int] = Field(description="[height, width]")
     counts: str | None = Field(None, description="COCO compressed RLE (format=rle).")
     png: str | None = Field(None, description="Base64 PNG, 1 bit per pixel (format=png).")
+    polygons: list[list[float]] | None = Field(
+        None,
+        description="COCO polygons [[x1, y1, x2, y2, ...], ...] (format=polygon); pixel "
+        "(x, y) is the square [x, x+1) x [y, y+1).",
+    )
 
 
 class MaskRecord(BaseModel):

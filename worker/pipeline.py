@@ -87,13 +87,13 @@ def run_job(
         objects = model.predict(spec.prompts, spec.multimask)
         timings["predict_s"] = _since(mark)
         mark = time.perf_counter()
-        masks = prompt_records(objects, spec.output.format, spec.output.min_score)
+        masks = prompt_records(objects, spec.output)
         notes = model.notes(None)
     else:
         anns, embed_s, generate_s = _generate_timed(model, image, spec, checkpoint)
         timings["embed_s"], timings["predict_s"] = embed_s, generate_s - embed_s
         mark = time.perf_counter()
-        masks = auto_records(anns, spec.output.format, spec.output.min_score)
+        masks = auto_records(anns, spec.output)
         notes = model.notes(spec.auto)
     timings["encode_s"] = _since(mark)
 

@@ -126,7 +126,7 @@ class Mask:
         return int(h), int(w)
 
     def decode(self) -> np.ndarray:
-        """The mask as an HxW bool array (from COCO RLE or from PNG output)."""
+        """The mask as an HxW bool array (from COCO RLE, PNG or polygon output)."""
         return decode_segmentation(self.segmentation)
 
 
@@ -202,13 +202,14 @@ class Job:
 
 
 def decode_segmentation(seg: Mapping[str, Any]) -> np.ndarray:
-    """An HxW bool array from a result's `segmentation` (COCO RLE, or PNG output)."""
-    if seg.get("counts") is not None:
-        from pycocotools import mask as mask_utils
+    """An HxW bool array from a result's `segmentation`: COCO RLE, PNG or COCO polygons."""
+    from pycocotools import mask as mask_utils
 
+    height, width = (int(v) for v in seg["size"])
+    if seg.get("counts") is not None:
         counts = seg["counts"]
         rle = {
-            "size": list(seg["size"]),
+            "size": [height, width],
             "counts": counts.encode() if isinstance(counts, str) else counts,
         }
         decoded: np.ndarray = mask_utils.decode(rle)
@@ -216,4 +217,12 @@ def decode_segmentation(seg: Mapping[str, Any]) -> np.ndarray:
     if seg.get("png") is not None:
         with Image.open(io.BytesIO(base64.b64decode(seg["png"]))) as img:
             return np.asarray(img.convert("L")) > 0
-    raise ValueError("segmentation has neither `counts` (RLE) nor `png`")
+    if seg.get("polygons") is not None:
+        # As every COCO reader does: fill each polygon (holes are spliced into their
+        # outline), then take the union.
+        if not seg["polygons"]:
+            return np.zeros((height, width), dtype=bool)
+        rles = mask_utils.frPyObjects([list(p) for p in seg["polygons"]], height, width)
+        merged: np.ndarray = mask_utils.decode(mask_utils.merge(rles))
+        return merged.astype(bool)
+    raise ValueError("segmentation has none of `counts` (RLE), `png` and `polygons`")
