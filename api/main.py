@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam2fleet.api.limits import BodyLimitMiddleware
 from sam2fleet.api.metrics import MetricsMiddleware
-from sam2fleet.api.routes import compat, health, images, jobs, models
+from sam2fleet.api.routes import compat, health, images, jobs, models, playground
 from sam2fleet.api.service import JobService
 from sam2fleet.shared.errors import Sam2FleetError
 from sam2fleet.shared.queue import make_celery
@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in (jobs.router, images.router, models.router, health.router, compat.router):
         app.include_router(router)
+    app.include_router(playground.router)
+    playground.mount(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware)  # added last: outermost, sees every answer
     app.add_exception_handler(Sam2FleetError, _fleet_error)

@@ -2,10 +2,12 @@
 # The system programs the test suite drives as real peers, installed from Debian's
 # packages when missing (`make test` runs this first; nothing to do by hand).
 #   prometheus  tests/observability scrapes a live fleet and evaluates every panel
+#   chromium    tests/browser drives the playground page through Playwright (headless)
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
   [prometheus]=prometheus
+  [chromium]=chromium
 )
 
 missing=()

@@ -81,6 +81,9 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         assert (tmp_path / "var" / "redis").is_dir()
         worker_pid = int(out.wait_for(r"worker0-cpu: started \(pid (\d+)\)").group(1))
         out.wait_for(rf"API: http://127\.0\.0\.1:{api_port}")
+        page = out.wait_for(r"playground: (\S+)").group(1)
+        assert page == f"http://127.0.0.1:{api_port}/playground/"
+        assert "<title>sam2fleet playground</title>" in httpx.get(page).text
         out.wait_for(r"ready\. Try:")
         assert any("curl -s" in line for line in out.lines)
         base = f"http://127.0.0.1:{api_port}"
