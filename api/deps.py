@@ -11,11 +11,13 @@ from sam2fleet.shared.settings import Settings
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _service(request: Request) -> JobService:
-    return request.app.state.service
+    service: JobService = request.app.state.service
+    return service
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -1,8 +1,10 @@
 """What the gateway does with Redis and the queue: no HTTP here.
 
-Accepted work is written in this order: image, job record, then the queue message.
-If the message cannot be sent the record is removed again, so a client told 503
-never leaves a job behind that nobody will run.
+A submit is checked in full first (image, model, prompts, a warm worker, then a
+slot reserved atomically by api/admission.py), and only then written, in this
+order: image, job record, queue message. If the message cannot be sent the record
+is removed again, so a client told 503 never leaves a job behind that nobody will
+run; the image stays for its TTL, content-addressed, for the client's retry.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from sam2fleet.api import metrics
+from sam2fleet.api.admission import Admission
 from sam2fleet.shared.errors import (
     Conflict,
     IdempotencyConflict,
@@ -29,7 +32,6 @@ from sam2fleet.shared.errors import (
     JobTimeout,
     NotFound,
     NoWorkerReady,
-    QueueFull,
     Sam2FleetError,
     Unavailable,
 )
@@ -48,12 +50,25 @@ class JobService:
         self.celery = celery
         self.keys = Keys(settings.key_prefix)
         self._cancel = client.register_script(CANCEL_SCRIPT)
+        self.admission = Admission(settings, client)
 
     # --- images ------------------------------------------------------------------
 
-    async def store_image(self, data: bytes, owner: str) -> ProbedImage:
+    def probe(self, data: bytes) -> ProbedImage:
+        """Everything an image must pass before anything is stored: a known format,
+        size limits read from its header, and a full decode."""
         probed = probe_image(data, max_pixels=self.settings.max_image_pixels)
         verify_decodable(data)
+        return probed
+
+    async def store_image(self, data: bytes, owner: str) -> ProbedImage:
+        """An upload: checked, then stored if Redis has room for it."""
+        probed = self.probe(data)
+        await self.admission.check_storage(len(data))
+        await self._write_image(data, probed, owner)
+        return probed
+
+    async def _write_image(self, data: bytes, probed: ProbedImage, owner: str) -> None:
         key = self.keys.image(owner, probed.image_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
@@ -67,22 +82,39 @@ class JobService:
         )
         pipe.expire(key, self.settings.image_ttl_s)
         await pipe.execute()
-        return probed
 
     async def image_info(self, image_id: str, owner: str) -> ProbedImage | None:
-        key = self.keys.image(owner, image_id)
-        fields = await self.redis.hmget(key, "width", "height", "format")
+        fields = await self.redis.hmget(
+            self.keys.image(owner, image_id), "width", "height", "format"
+        )
         if fields[0] is None:
             return None
-        # A job is about to use it: keep it at least as long as a fresh upload.
-        await self.redis.expire(key, self.settings.image_ttl_s)
         return ProbedImage(image_id, fields[2].decode(), int(fields[0]), int(fields[1]))
+
+    async def _keep_image(self, image: ProbedImage, owner: str, data: bytes | None) -> None:
+        """Store the request's image, or keep an uploaded one at least as long as a
+        fresh upload now that a job will read it."""
+        if data is not None:
+            await self._write_image(data, image, owner)
+        elif not await self.redis.expire(
+            self.keys.image(owner, image.image_id), self.settings.image_ttl_s
+        ):
+            raise InvalidInput(f"image_id {image.image_id} is unknown or expired; upload it again")
 
     # --- jobs ----------------------------------------------------------------------
 
     async def submit(
-        self, spec: JobSpec, image: ProbedImage, owner: str, idempotency_key: str | None = None
+        self,
+        spec: JobSpec,
+        image: ProbedImage,
+        owner: str,
+        idempotency_key: str | None = None,
+        data: bytes | None = None,
     ) -> dict[str, Any]:
+        """Queue a job on `image`: its bytes in `data` when the request brought them,
+        else an uploaded image (`image_info`). Every check (model, prompts, a warm
+        worker, room in Redis and in the queue) comes before anything is stored, so a
+        refused request leaves nothing behind."""
         model = spec.model or self.settings.model
         if model not in MODELS:
             raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
@@ -101,14 +133,16 @@ class JobService:
             warm = await self.warm_workers(model)
             if not warm:
                 raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
-            if await self.queue_depth(model) >= self.settings.max_queued_jobs:
-                raise QueueFull(
-                    f"{model} has {self.settings.max_queued_jobs} jobs waiting; retry later"
-                )
-            queue = await self._route(spec, owner, image.image_id, model, warm)
-            return await self._enqueue(job_id, spec, image, owner, model, queue)
+            reservation = await self.admission.reserve(model, len(data or b""))
+            try:
+                await self._keep_image(image, owner, data)
+                queue = await self._route(spec, owner, image.image_id, model, warm)
+                return await self._enqueue(job_id, spec, image, owner, model, queue)
+            finally:
+                # Queued (its message now counts) or refused: the slot goes either way.
+                await self.admission.release(model, reservation)
         except (Sam2FleetError, RedisError):
-            # Refused (no worker, queue full, Redis or the queue unreachable): nothing
+            # Refused (no worker, no room, Redis or the queue unreachable): nothing
             # was accepted, so the key may be used again. A cancelled request leaves the
             # claim in place: its message may already be on the queue.
             if idem_key is not None:
@@ -166,7 +200,7 @@ class JobService:
         held_by = await self.redis.get(self.keys.affinity(model, owner, image_id))
         if held_by is None:
             return shared
-        queue = held_by.decode()
+        queue = str(held_by.decode())
         if (
             queue in {w.queue for w in warm}
             and await self.redis.llen(queue) < self.settings.affinity_max_backlog
@@ -220,14 +254,14 @@ class JobService:
         return record
 
     async def submit_and_wait(
-        self, spec: JobSpec, image: ProbedImage, owner: str, deadline: float
+        self, spec: JobSpec, image: ProbedImage, owner: str, deadline: float, data: bytes | None
     ) -> dict[str, Any]:
         """Submit, then wait until the job ends or the `deadline` (time.monotonic())
         passes: the succeeded job as `get` returns it. A job still unfinished then is
         cancelled (nobody will collect it) and `JobTimeout` raised; a failed job
         raises `JobError` with its own error type."""
         timeout = deadline - time.monotonic()
-        job = await self.submit(spec, image, owner)
+        job = await self.submit(spec, image, owner, data=data)
         while True:
             job = await self.get(job["id"], owner, max(0.0, deadline - time.monotonic()))
             if JobStatus(job["status"]).terminal or time.monotonic() >= deadline:
@@ -281,7 +315,7 @@ class JobService:
         ]
 
     async def queue_depth(self, model: str) -> int:
-        return int(await self.redis.llen(self.keys.queue(model)))
+        return await self.admission.depth(model)
 
 
 def check_prompts(prompts: list[Prompt], image: ProbedImage, settings: Settings) -> None:

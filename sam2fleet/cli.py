@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_up(sub)
     _add_worker(sub)
+    _add_worker_ready(sub)
     _add_api(sub)
     _add_checkpoints(sub)
     _add_keys(sub)
@@ -149,6 +150,22 @@ def _worker(args: argparse.Namespace) -> int:
         args.loglevel,
     ]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
+
+
+def _add_worker_ready(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ready = sub.add_parser(
+        "worker-ready",
+        help="exit 0 when a worker on this host finished its warm-up (a container probe)",
+        description="Reads the heartbeats in Redis: succeeds when a warm worker of "
+        "SAM2FLEET_MODEL on this host was heard from within SAM2FLEET_HEARTBEAT_TTL_S.",
+    )
+    ready.set_defaults(run=_worker_ready)
+
+
+def _worker_ready(args: argparse.Namespace) -> int:
+    from sam2fleet.launcher.worker_ready import run
+
+    return run()
 
 
 def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

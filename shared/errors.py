@@ -11,12 +11,14 @@
     │   └── InvalidPrompt               422 invalid_prompt
     ├── Unauthorized                    401 unauthorized
     ├── NotFound                        404 not_found
+    ├── MethodNotAllowed                405 method_not_allowed
     ├── Conflict                        409 conflict
     │   └── IdempotencyConflict         409 idempotency_conflict
     ├── RateLimited                     429 rate_limited  (Retry-After)
     ├── Unavailable                     503 unavailable  (Retry-After)
     │   ├── NoWorkerReady               503 no_worker_ready
-    │   └── QueueFull                   503 queue_full
+    │   ├── QueueFull                   503 queue_full
+    │   └── StorageFull                 503 storage_full  (Redis near its maxmemory)
     ├── InputTooLarge                   422 input_too_large  (a worker could not fit it)
     ├── ModelUnavailable                500 model_unavailable (worker could not load weights)
     ├── JobTimeout                      504 timeout  (a job ran past its time limit)
@@ -89,6 +91,10 @@ class NotFound(Sam2FleetError):
     type, status = "not_found", 404
 
 
+class MethodNotAllowed(Sam2FleetError):
+    type, status = "method_not_allowed", 405
+
+
 class Conflict(Sam2FleetError):
     type, status = "conflict", 409
 
@@ -117,6 +123,11 @@ class QueueFull(Unavailable):
     type, retry_after = "queue_full", 5
 
 
+class StorageFull(Unavailable):
+    # Room comes back as results and images expire or are read: minutes, not seconds.
+    type, retry_after = "storage_full", 30
+
+
 class InputTooLarge(Sam2FleetError):
     type, status = "input_too_large", 422
 
@@ -131,6 +142,15 @@ class JobTimeout(Sam2FleetError):
 
 class WorkerCrashed(Sam2FleetError):
     type = "worker_crashed"
+
+
+def error_types() -> frozenset[str]:
+    """Every `type` in the tree above."""
+
+    def walk(cls: type[Sam2FleetError]) -> set[str]:
+        return {cls.type}.union(*(walk(sub) for sub in cls.__subclasses__()))
+
+    return frozenset(walk(Sam2FleetError))
 
 
 def status_of(error_type: str) -> int:

@@ -8,7 +8,10 @@ this module, so they cannot disagree about a field name or a terminal status.
     {p}:done:{job_id}      pub/sub channel announcing a terminal state
     {p}:worker:{name}      hash  heartbeat (`Heartbeat`)              TTL heartbeat_ttl_s
     {p}:idem:{owner}:{h}   str   "{fingerprint} {job_id}"             TTL idempotency_ttl_s
-    {p}:rate:{owner}:{min} int   submits in that minute                TTL 60 s
+    {p}:rate:{owner}       zset  the key's submits in the last minute (request
+                                 id -> time in ms): a sliding window    TTL 60 s
+    {p}:admitting:{model}  zset  admission slots reserved but not yet queued
+                                 (reservation id -> expiry in ms)
     {p}:apikeys            hash  sha256(key) -> key name (never the key itself)
     {p}:affinity:{model}:{owner}:{image_id}
                            str   the private queue of the worker holding that
@@ -71,8 +74,11 @@ class Keys:
     def idempotency(self, owner: str, key_hash: str) -> str:
         return f"{self.prefix}:idem:{owner}:{key_hash}"
 
-    def rate(self, owner: str, minute: int) -> str:
-        return f"{self.prefix}:rate:{owner}:{minute}"
+    def rate(self, owner: str) -> str:
+        return f"{self.prefix}:rate:{owner}"
+
+    def reservations(self, model: str) -> str:
+        return f"{self.prefix}:admitting:{model}"
 
     def api_keys(self) -> str:
         return f"{self.prefix}:apikeys"
@@ -98,7 +104,11 @@ class Keys:
     def private_queue(self, model: str, node: str, supervisor_pid: int) -> str:
         """A worker's own queue, for jobs on images whose embedding it holds. Named per
         supervisor process: a restarted worker has an empty cache and a new queue."""
-        return f"{self.queue(model)}.w.{node}-{supervisor_pid}"
+        return f"{self.private_queue_prefix(model)}{node}-{supervisor_pid}"
+
+    def private_queue_prefix(self, model: str) -> str:
+        """What every private queue of the model starts with (in-flight lists do not)."""
+        return f"{self.queue(model)}.w."
 
 
 def _text(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, str]:

@@ -3,11 +3,20 @@
 # packages when missing (`make test` runs this first; nothing to do by hand).
 #   prometheus  tests/observability scrapes a live fleet and evaluates every panel
 #   chromium    tests/browser drives the playground page through Playwright (headless)
+#   redis-server, redis-cli, ip
+#               tests/deploy/test_k8s_redis.py runs the Redis StatefulSet's scripts in
+#               network namespaces
+# Not from here: kubectl 1.27+ (kustomize v5), which tests/deploy renders deploy/k8s
+# with. Debian's kubernetes-client carries kustomize 2, too old; those tests fail
+# saying so when kubectl is missing.
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
   [prometheus]=prometheus
   [chromium]=chromium
+  [redis-server]=redis-server
+  [redis-cli]=redis-tools
+  [ip]=iproute2
 )
 
 missing=()

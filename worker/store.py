@@ -76,7 +76,10 @@ class JobStore:
         return JobStatus(value.decode()) if value else None
 
     def image_bytes(self, owner: str, image_id: str) -> bytes | None:
-        return self.retrying(lambda: self.redis.hget(self.keys.image(owner, image_id), "data"))
+        data: bytes | None = self.retrying(
+            lambda: self.redis.hget(self.keys.image(owner, image_id), "data")
+        )
+        return data
 
     def image_hw(self, owner: str, image_id: str) -> tuple[int, int] | None:
         """(height, width) from the upload's probe, without fetching the pixels."""
@@ -102,8 +105,12 @@ class JobStore:
             )
         )
 
-    def task_ended(self, job_id: str, retval: object) -> None:
-        """Called once a job's run is over, whatever its outcome (metrics hook)."""
+    def claim_affinity(self, model: str, owner: str, image_id: str, queue: str, ttl_s: int) -> None:
+        """Tell the gateway that `queue`'s worker holds the image's embedding now."""
+        try:
+            self.redis.set(self.keys.affinity(model, owner, image_id), queue, ex=ttl_s)
+        except redis.RedisError as exc:  # affinity is an optimisation; the job is done
+            log.warning("could not record image affinity: %s", exc)
 
     def heartbeat(self, name: str, beat: Heartbeat, ttl_s: float) -> None:
         key = self.keys.worker(name)

@@ -45,7 +45,8 @@ def build_random_state_dict(spec: ModelSpec, seed: int) -> dict[str, torch.Tenso
 
     torch.manual_seed(seed)
     model = build_sam2(spec.config, None, device="cpu", mode="eval")
-    return model.state_dict()
+    state: dict[str, torch.Tensor] = model.state_dict()
+    return state
 
 
 # Extra key beside Meta's "model": build_sam2 ignores it, and a worker loading the

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sam2fleet.api.auth import Owner, check_rate
 from sam2fleet.api.deps import ServiceDep, SettingsDep
+from sam2fleet.api.openapi import answers
 from sam2fleet.api.payload import decode_base64_image, validation_message
 from sam2fleet.shared.errors import InvalidInput, InvalidPrompt
 from sam2fleet.shared.schemas import JobSpec
@@ -128,6 +129,7 @@ def _spec(req: SegmentRequest) -> JobSpec:
     "/segment",
     response_model=SegmentResponse,
     summary="Compatibility route: the tutorial's synchronous segment call",
+    responses=answers(400, 401, 413, 422, 429, 500, 503, 504),
 )
 async def segment(
     req: SegmentRequest, request: Request, service: ServiceDep, settings: SettingsDep, owner: Owner
@@ -136,9 +138,10 @@ async def segment(
     started = time.monotonic()
     await check_rate(request, owner)  # a submit like any other: same key, same limits
     spec = _spec(req)
-    image = await service.store_image(decode_base64_image(req.image_base64, settings), owner)
+    data = decode_base64_image(req.image_base64, settings)
+    image = service.probe(data)  # stored only once the job is admitted
     timeout = req.timeout_s if req.timeout_s is not None else settings.max_wait_s
-    job = await service.submit_and_wait(spec, image, owner, started + timeout)
+    job = await service.submit_and_wait(spec, image, owner, started + timeout, data)
     result = job["result"]
     masks = sorted(result["masks"], key=lambda m: -m["predicted_iou"])
     t = result["timings"]

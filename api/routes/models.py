@@ -6,13 +6,14 @@ from fastapi import APIRouter
 
 from sam2fleet.api.auth import Owner
 from sam2fleet.api.deps import ServiceDep, SettingsDep
+from sam2fleet.api.openapi import answers
 from sam2fleet.shared.models import MODELS
 from sam2fleet.shared.schemas import ModelPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=list[ModelPublic])
+@router.get("", response_model=list[ModelPublic], responses=answers(401, 503))
 async def list_models(service: ServiceDep, settings: SettingsDep, _: Owner) -> list[ModelPublic]:
     warm = await service.warm_workers()
     return [

