@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from sam2fleet.api import metrics
 from sam2fleet.api.admission import Admission
+from sam2fleet.api.mask_inputs import check_mask_inputs
 from sam2fleet.shared.errors import (
     Conflict,
     IdempotencyConflict,
@@ -119,6 +120,9 @@ class JobService:
         if model not in MODELS:
             raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
         check_prompts(spec.prompts, image, self.settings)
+        await check_mask_inputs(
+            spec, image, model, lambda job_id: self._record(job_id, owner), self.settings
+        )
         spec = spec.model_copy(update={"model": model})
         job_id = uuid.uuid4().hex
         idem_key = None

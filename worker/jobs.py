@@ -170,6 +170,7 @@ class JobRunner:
                     checkpoint=self._checkpoint(job_id, image_id, spec),
                     cache_key=cache_key,
                     encoded=encoded,
+                    job_id=job_id,
                 )
             except torch.OutOfMemoryError:
                 failures.release_memory(self.model.cache)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from sam2fleet.shared.logits import encode_logits
 from sam2fleet.shared.schemas import OutputOptions
 from sam2fleet.worker.model import ObjectMasks
 from sam2fleet.worker.polygons import mask_polygons
@@ -47,20 +48,24 @@ def _segmentation(
 def prompt_records(objects: list[ObjectMasks], output: OutputOptions) -> list[dict[str, Any]]:
     records = []
     for obj in objects:
-        for mask, score, stability in zip(obj.masks, obj.scores, obj.stability, strict=True):
+        for k, (mask, score, stability) in enumerate(
+            zip(obj.masks, obj.scores, obj.stability, strict=True)
+        ):
             if float(score) < output.min_score:
                 continue
             rle = rle_encode(mask)
-            records.append(
-                {
-                    "segmentation": _segmentation(rle, output, mask),
-                    "area": int(mask_utils.area(_bytes_rle(rle))),
-                    "bbox": [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))],
-                    "predicted_iou": float(score),
-                    "stability_score": float(stability),
-                    "prompt_index": obj.prompt_index,
-                }
-            )
+            record = {
+                "segmentation": _segmentation(rle, output, mask),
+                "area": int(mask_utils.area(_bytes_rle(rle))),
+                "bbox": [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))],
+                "predicted_iou": float(score),
+                "stability_score": float(stability),
+                "prompt_index": obj.prompt_index,
+                "mask_input": obj.mask_input,
+            }
+            if output.logits and obj.low_res is not None:
+                record["logits"] = encode_logits(obj.low_res[k])
+            records.append(record)
     return records
 
 

@@ -136,12 +136,18 @@ async function refine(obj, t0, what) {
   if (last && JSON.stringify(last.prompt) === JSON.stringify(wanted)) return; // already answered
   fleet.take();
   const uploaded = await ensureUploaded();
-  const body = { image_id: state.image.imageId, prompts: [wanted], multimask: true };
   const previous = last && extends_(last.prompt, wanted) ? last : null;
-  // A single click is ambiguous: three candidates, the best kept. Later clicks refine.
-  body.multimask = !previous && !wanted.box && wanted.points.length === 1;
   status(`segmenting (${what})…`);
-  const job = await fleet.run(body);
+  let job;
+  try {
+    job = await fleet.run(jobBody(wanted, previous));
+  } catch (error) {
+    // The worker no longer holds the previous mask (its image left the cache, or
+    // another worker took the job): say so and start the object again.
+    if (!(error instanceof ApiError) || error.type !== 'mask_input_gone') throw error;
+    job = await fleet.run(jobBody(wanted, null));
+    what += ', previous mask gone: started again';
+  }
   const httpMs = fleet.take();
   // Answered for prompts the object no longer has (an undo came first): drop it.
   if (!state.objects.includes(obj) || !extends_(wanted, prompt(obj))) return;
@@ -149,7 +155,17 @@ async function refine(obj, t0, what) {
   obj.last = { prompt: wanted, jobId: job.id, record, mask: decodeMask(record.segmentation) };
   obj.bitmap = null;
   render();
-  logClick(job, what, performance.now() - t0, httpMs, uploaded, previous !== null);
+  logClick(job, what, performance.now() - t0, httpMs, uploaded, record.mask_input === 'job');
+}
+
+// The job for one object: its prompts, and the job that gave its previous mask, named
+// by reference (the worker keeps it beside the image's embedding). A single click is
+// ambiguous: three candidates, the best kept. Later clicks refine that one.
+function jobBody(wanted, previous) {
+  const p = { ...wanted };
+  if (previous) p.mask_input = { job_id: previous.jobId, prompt_index: 0 };
+  const single = !previous && !wanted.box && wanted.points.length === 1;
+  return { image_id: state.image.imageId, prompts: [p], multimask: single };
 }
 
 async function ensureUploaded() {

@@ -106,6 +106,10 @@ class Mask:
     prompt_index: int | None = None
     point_coords: list[list[float]] | None = None
     crop_box: list[float] | None = None
+    # {"data", "shape", "dtype"} with output.logits: send it back as a prompt's
+    # `mask_input={"logits": mask.logits}` to refine this mask.
+    logits: dict[str, Any] | None = field(default=None, repr=False)
+    mask_input: str | None = None  # "logits" or "job": refined from a previous mask
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Mask:
@@ -118,6 +122,8 @@ class Mask:
             _opt_int(d.get("prompt_index")),
             d.get("point_coords"),
             d.get("crop_box"),
+            d.get("logits"),
+            d.get("mask_input"),
         )
 
     @property

@@ -81,26 +81,25 @@ def test_three_clicks_and_a_box_in_a_real_browser(
     assert clicks[0]["uploaded"] and not clicks[0]["cacheHit"]
     assert [c["previousMask"] for c in clicks] == [False, True, True, False]
     # What the fleet says about the same jobs: clicks 2 and 3 (and the box) were
-    # answered from the worker's cached embedding.
+    # answered from the worker's cached embedding, and clicks 2 and 3 refined the
+    # previous click's mask, named by its job.
     answered = jobs(fleet, [c["jobId"] for c in clicks])
-    assert [j.result.timings.embedding_cache_hit for j in answered if j.result] == [
-        False,
-        True,
-        True,
-        True,
-    ]
+    results = [j.result_or_raise() for j in answered]
+    assert [r.timings.embedding_cache_hit for r in results] == [False, True, True, True]
+    assert [r.masks[0].mask_input for r in results] == [None, "job", "job", None]
+    assert [len(r.masks) for r in results] == [3, 1, 1, 1]  # one click: three candidates
 
     # The masks canvas is painted exactly where the fleet's masks for both objects are.
     objects = page.objects()
     assert [o["jobId"] for o in objects] == [clicks[2]["jobId"], clicks[3]["jobId"]]
-    masks = [j.result.masks[0].decode() for j in (answered[2], answered[3]) if j.result]
+    masks = [results[2].masks[0].decode(), results[3].masks[0].decode()]
     assert all(0 < m.sum() < m.size for m in masks)
     assert np.array_equal(page.drawn(), masks[0] | masks[1])
 
     # Each mask's score on hover (the box's object is drawn on top).
     ys, xs = np.nonzero(masks[1])
     tip = page.hover(float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5)
-    assert f"score {answered[3].result.masks[0].predicted_iou:.3f}" in tip  # type: ignore[union-attr]
+    assert f"score {results[3].masks[0].predicted_iou:.3f}" in tip
     page.page.screenshot(path=tmp_path / "playground.png")
 
     # Downloads: a COCO dataset pycocotools reads, and one PNG per object.
