@@ -19,8 +19,9 @@ run: install
 test: install system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-system-packages:
+system-packages: install
 	@bash tests/install-system-packages.sh
+	@bash tests/install-kubectl.sh $(VENV)
 
 lint: install typecheck
 	$(BIN)/ruff check .

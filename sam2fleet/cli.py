@@ -159,7 +159,7 @@ def _add_worker_ready(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Reads the heartbeats in Redis: succeeds when a warm worker of "
         "SAM2FLEET_MODEL on this host was heard from within SAM2FLEET_HEARTBEAT_TTL_S.",
     )
-    ready.set_defaults(run=_worker_ready)
+    ready.set_defaults(handler=_worker_ready, extras=SERVER_EXTRA)
 
 
 def _worker_ready(args: argparse.Namespace) -> int:

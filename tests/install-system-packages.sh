@@ -6,9 +6,7 @@
 #   redis-server, redis-cli, ip
 #               tests/deploy/test_k8s_redis.py runs the Redis StatefulSet's scripts in
 #               network namespaces
-# Not from here: kubectl 1.27+ (kustomize v5), which tests/deploy renders deploy/k8s
-# with. Debian's kubernetes-client carries kustomize 2, too old; those tests fail
-# saying so when kubectl is missing.
+# kubectl (kustomize v5) for tests/deploy comes from tests/install-kubectl.sh.
 set -euo pipefail
 
 declare -A PACKAGE_OF=(

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,11 +43,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def kubectl() -> str:
-    found = shutil.which("kubectl")
+    # On PATH, or where tests/install-kubectl.sh (run by `make test`) puts it.
+    beside = Path(sys.executable).parent / "kubectl"
+    found = shutil.which("kubectl") or (str(beside) if beside.is_file() else None)
     if found is None:
         pytest.fail(
             "tests/deploy renders deploy/k8s with `kubectl kustomize` (kustomize v5); "
-            "install kubectl 1.27 or newer (Debian's kubernetes-client is too old)"
+            "run `bash tests/install-kubectl.sh` (make test does), or install kubectl 1.27+"
         )
     version = json.loads(
         subprocess.run(

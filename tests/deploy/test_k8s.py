@@ -53,28 +53,31 @@ def cli_args(argv: list[str]) -> object:
         pytest.fail(f"`sam2fleet {' '.join(argv)}` is not a command the CLI accepts")
 
 
-def dockerfile_targets() -> set[str]:
-    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", DOCKERFILE.read_text(), re.I | re.M))
+def dockerfile_flavours() -> set[str]:
+    """The FLAVOR build argument's values: one `<flavour>-base` stage each."""
+    return set(
+        re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)-base\s*$", DOCKERFILE.read_text(), re.I | re.M)
+    )
 
 
 # --------------------------------------------------------------------------- images, commands
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
-def test_images_are_the_projects_dockerfile_targets(rendering: str) -> None:
+def test_images_are_the_projects_dockerfile_flavours(rendering: str) -> None:
     docs = render(rendering)
     ours = fleet_containers(docs)
     assert {c.workload for c in ours} == {"sam2fleet-api", "sam2fleet-worker"}
-    compose_targets = {
-        svc["image"]: svc["build"]["target"]
+    compose_flavours = {
+        svc["image"]: svc["build"]["args"]["FLAVOR"]
         for svc in COMPOSE["services"].values()
         if "build" in svc
     }
     for c in ours:
         tag = c.image.rsplit(":", 1)[1]
-        assert tag in dockerfile_targets(), f"{c}: no Dockerfile target {tag!r}"
+        assert tag in dockerfile_flavours(), f"{c}: no Dockerfile flavour {tag!r}"
         # The same image name means the same build as in docker-compose.yml.
-        assert compose_targets.get(c.image, tag) == tag, c
+        assert compose_flavours.get(c.image, tag) == tag, c
     others = {c.image for c in containers(docs)} - {c.image for c in ours}
     assert all(re.fullmatch(r"redis:\d+\.\d+", image) for image in others), others
 
