@@ -111,11 +111,36 @@ class JobService:
         owner: str,
         idempotency_key: str | None = None,
         data: bytes | None = None,
+        wait_s: float = 0.0,
     ) -> dict[str, Any]:
         """Queue a job on `image`: its bytes in `data` when the request brought them,
         else an uploaded image (`image_info`). Every check (model, prompts, a warm
         worker, room in Redis and in the queue) comes before anything is stored, so a
-        refused request leaves nothing behind."""
+        refused request leaves nothing behind. With `wait_s`, wait up to that long
+        for the job to end and answer it as `get` would: one round trip for a job
+        that ends in time (interactive clicks), the queued job otherwise."""
+        if wait_s <= 0:
+            return await self._submit(spec, image, owner, idempotency_key, data, uuid.uuid4().hex)
+        job_id = uuid.uuid4().hex
+        deadline = time.monotonic() + min(wait_s, self.settings.max_wait_s)
+        # Subscribed before the job is queued: its end cannot be missed.
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(self.keys.done(job_id))
+            job = await self._submit(spec, image, owner, idempotency_key, data, job_id)
+            if job["id"] != job_id:  # an earlier request's job (same Idempotency-Key)
+                return await self.get(job["id"], owner, deadline - time.monotonic())
+            record, result = await self._until_done(pubsub, deadline, job_id, owner, fresh=True)
+        return record.public(result)
+
+    async def _submit(
+        self,
+        spec: JobSpec,
+        image: ProbedImage,
+        owner: str,
+        idempotency_key: str | None,
+        data: bytes | None,
+        job_id: str,
+    ) -> dict[str, Any]:
         model = spec.model or self.settings.model
         if model not in MODELS:
             raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
@@ -124,7 +149,6 @@ class JobService:
             spec, image, model, lambda job_id: self._record(job_id, owner), self.settings
         )
         spec = spec.model_copy(update={"model": model})
-        job_id = uuid.uuid4().hex
         idem_key = None
         if idempotency_key is not None:
             idem_key, existing = await self._claim_idempotency(
@@ -228,34 +252,49 @@ class JobService:
         )
 
     async def get(self, job_id: str, owner: str, wait_s: float = 0.0) -> dict[str, Any]:
-        record = await self._record(job_id, owner)
+        record, result = await self._read(job_id, owner)
         if not record.terminal and wait_s > 0:
-            record = await self._wait(job_id, owner, min(wait_s, self.settings.max_wait_s))
-        result = None
-        if record.status is JobStatus.succeeded:
-            result = await self.redis.get(self.keys.result(job_id))
+            # Subscribe before re-reading, so a finish between the two is not missed.
+            async with self.redis.pubsub() as pubsub:
+                await pubsub.subscribe(self.keys.done(job_id))
+                deadline = time.monotonic() + min(wait_s, self.settings.max_wait_s)
+                record, result = await self._until_done(pubsub, deadline, job_id, owner)
         return record.public(result)
 
     async def _record(self, job_id: str, owner: str) -> JobRecord:
-        record = JobRecord.from_redis(await self.redis.hgetall(self.keys.job(job_id)))
+        return (await self._read(job_id, owner, with_result=False))[0]
+
+    async def _read(
+        self, job_id: str, owner: str, with_result: bool = True
+    ) -> tuple[JobRecord, bytes | None]:
+        """The job's record and, once it has succeeded, its result: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.job(job_id))
+        if with_result:
+            pipe.get(self.keys.result(job_id))
+        found = await pipe.execute()
+        record = JobRecord.from_redis(found[0])
         # Another owner's job is answered exactly like a missing one: 404.
         if record is None or record.owner != owner:
             raise NotFound(f"no job {job_id} (unknown or expired)")
-        return record
+        result = found[1] if with_result and record.status is JobStatus.succeeded else None
+        return record, result
 
-    async def _wait(self, job_id: str, owner: str, wait_s: float) -> JobRecord:
-        # Subscribe before re-reading, so a finish between the two is not missed.
-        async with self.redis.pubsub() as pubsub:
-            await pubsub.subscribe(self.keys.done(job_id))
-            record = await self._record(job_id, owner)
-            deadline = time.monotonic() + wait_s
-            while not record.terminal:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-                record = await self._record(job_id, owner)
-        return record
+    async def _until_done(
+        self, pubsub: Any, deadline: float, job_id: str, owner: str, fresh: bool = False
+    ) -> tuple[JobRecord, bytes | None]:
+        """The job's record (and result) once it has ended or the deadline
+        (time.monotonic()) has passed, listening on its `done` channel (subscribed by
+        the caller). `fresh`: the job was queued after subscribing, so nothing can
+        have ended it unheard and the first read waits for a message."""
+        while True:
+            if not fresh:
+                record, result = await self._read(job_id, owner)
+                if record.terminal or time.monotonic() >= deadline:
+                    return record, result
+            fresh = False
+            left = max(0.0, deadline - time.monotonic())
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
 
     async def submit_and_wait(
         self, spec: JobSpec, image: ProbedImage, owner: str, deadline: float, data: bytes | None
@@ -265,11 +304,9 @@ class JobService:
         cancelled (nobody will collect it) and `JobTimeout` raised; a failed job
         raises `JobError` with its own error type."""
         timeout = deadline - time.monotonic()
-        job = await self.submit(spec, image, owner, data=data)
-        while True:
-            job = await self.get(job["id"], owner, max(0.0, deadline - time.monotonic()))
-            if JobStatus(job["status"]).terminal or time.monotonic() >= deadline:
-                break
+        job = await self.submit(spec, image, owner, data=data, wait_s=max(timeout, 0.001))
+        while not JobStatus(job["status"]).terminal and time.monotonic() < deadline:
+            job = await self.get(job["id"], owner, deadline - time.monotonic())
         if not JobStatus(job["status"]).terminal:
             try:
                 await self.cancel(job["id"], owner)
