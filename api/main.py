@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.service = JobService(settings, client, celery)
         app.state.rate_limiter = RateLimiter(settings, client)
+        app.state.service.done.start()
         yield
+        await app.state.service.done.stop()
         await client.aclose()
         celery.close()
 

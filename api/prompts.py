@@ -1,4 +1,5 @@
-"""A prompt's `mask_input`, checked at the gateway before anything is queued.
+"""Prompts checked at the gateway against what the schema cannot see, before
+anything is queued: the image's size, and the earlier jobs a `mask_input` names.
 
 Sent logits must have the model's low-resolution shape, fill it exactly and hold
 only finite values. A named job must be the caller's own (another key's job is 404,
@@ -9,16 +10,41 @@ that worker knows: a job whose reference is gone fails with `mask_input_gone` (4
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
-from sam2fleet.shared.errors import Conflict, InvalidInput
+from sam2fleet.shared.errors import Conflict, InvalidInput, InvalidPrompt
 from sam2fleet.shared.images import ProbedImage
 from sam2fleet.shared.logits import decode_logits, low_res_side
 from sam2fleet.shared.records import JobRecord
-from sam2fleet.shared.schemas import JobSpec, JobStatus
+from sam2fleet.shared.schemas import JobSpec, JobStatus, Prompt
 from sam2fleet.shared.settings import Settings
 
 Lookup = Callable[[str], Awaitable[JobRecord]]
+
+
+def check_prompts(prompts: list[Prompt], image: ProbedImage, settings: Settings) -> None:
+    """Geometry that needs the image size; shapes were checked by the schema."""
+    if len(prompts) > settings.max_objects:
+        raise InvalidPrompt(f"{len(prompts)} prompts; at most {settings.max_objects} per job")
+    w, h = image.width, image.height
+    for i, prompt in enumerate(prompts):
+        if prompt.points is not None:
+            if len(prompt.points) > settings.max_points:
+                raise InvalidPrompt(
+                    f"prompts[{i}] has {len(prompt.points)} points; at most {settings.max_points}"
+                )
+            for x, y in prompt.points:
+                if not (0 <= x <= w and 0 <= y <= h):
+                    raise InvalidPrompt(
+                        f"prompts[{i}] point [{x}, {y}] lies outside the {w}x{h} image"
+                    )
+        if prompt.box is not None:
+            x1, y1, x2, y2 = prompt.box
+            if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+                raise InvalidPrompt(
+                    f"prompts[{i}] box {json.dumps(prompt.box)} lies outside the {w}x{h} image"
+                )
 
 
 async def check_mask_inputs(
