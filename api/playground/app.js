@@ -7,7 +7,9 @@
 // has the worker encode it; later clicks are answered from the worker's cache.
 
 import { ApiError, Fleet } from './fleet.js';
-import { cocoDataset, decodeMask, maskCanvas, maskPng, zipFiles } from './formats.js';
+import { cocoDataset, decodeMask, maskPng, zipFiles } from './formats.js';
+import { $, state } from './state.js';
+import { drawMarks, drawMasks, hover, render, toImage } from './view.js';
 
 const PALETTE = [
   [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -15,18 +17,8 @@ const PALETTE = [
 ];
 const DRAG_PX = 5; // a press that moves farther than this (screen pixels) draws a box
 
-const $ = (id) => document.getElementById(id);
 const fleet = new Fleet(() => $('apikey').value.trim());
 
-const state = {
-  file: null, // the image as opened
-  image: { name: '', width: 0, height: 0, imageId: null },
-  objects: [], // {id, color, points, labels, box, last, auto, bitmap}
-  current: null, // the object clicks add to; null: the next click starts one
-  undo: [], // {added: [ids]} or {id, before: copy of the object}
-  clicks: [], // one entry per answered click: shown in the log, read by the browser test
-  nextId: 1,
-};
 let queue = Promise.resolve(); // one request at a time: each builds on the previous mask
 
 // --- opening an image ---------------------------------------------------------------
@@ -59,17 +51,6 @@ function fitStage() {
 }
 
 // --- prompts --------------------------------------------------------------------------
-
-function toImage(event) {
-  const rect = $('marks').getBoundingClientRect();
-  const x = ((event.clientX - rect.left) * state.image.width) / rect.width;
-  const y = ((event.clientY - rect.top) * state.image.height) / rect.height;
-  return [clamp(x, 0, state.image.width), clamp(y, 0, state.image.height)];
-}
-
-function clamp(v, lo, hi) {
-  return Math.min(hi, Math.max(lo, Math.round(v * 10) / 10));
-}
 
 function currentObject() {
   if (state.current === null || !state.objects.includes(state.current)) {
@@ -238,107 +219,6 @@ function clearAll() {
   state.undo = [];
   state.current = null;
   render();
-}
-
-// --- drawing -------------------------------------------------------------------------
-
-function render() {
-  drawMasks();
-  drawMarks(null);
-  listObjects();
-}
-
-function drawMasks() {
-  const canvas = $('masks');
-  const ctx = canvas.getContext('2d');
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  ctx.globalAlpha = Number($('opacity').value);
-  for (const obj of state.objects) {
-    if (!obj.last) continue;
-    if (!obj.bitmap) obj.bitmap = maskCanvas(obj.last.mask, state.image.width, state.image.height, obj.color);
-    ctx.drawImage(obj.bitmap, 0, 0);
-  }
-  ctx.globalAlpha = 1;
-}
-
-function drawMarks(dragBox) {
-  const canvas = $('marks');
-  const ctx = canvas.getContext('2d');
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const unit = state.image.width / Math.max(1, canvas.getBoundingClientRect().width); // image px per screen px
-  ctx.lineWidth = 2 * unit;
-  for (const obj of state.objects) {
-    const colour = `rgb(${obj.color.join(',')})`;
-    if (obj.box) {
-      ctx.strokeStyle = colour;
-      const [x1, y1, x2, y2] = obj.box;
-      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    }
-    obj.points.forEach(([x, y], i) => {
-      const r = (obj === state.current ? 6 : 4.5) * unit;
-      ctx.beginPath();
-      ctx.arc(x, y, r, 0, 2 * Math.PI);
-      ctx.fillStyle = obj.labels[i] ? colour : '#fff';
-      ctx.strokeStyle = obj.labels[i] ? '#fff' : colour;
-      ctx.fill();
-      ctx.stroke();
-      if (!obj.labels[i]) { // background: a minus sign
-        ctx.beginPath();
-        ctx.moveTo(x - r / 2, y);
-        ctx.lineTo(x + r / 2, y);
-        ctx.stroke();
-      }
-    });
-  }
-  if (dragBox) {
-    ctx.setLineDash([6 * unit, 4 * unit]);
-    ctx.strokeStyle = '#fff';
-    const [x1, y1, x2, y2] = dragBox;
-    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    ctx.setLineDash([]);
-  }
-}
-
-function listObjects() {
-  const list = $('objects');
-  list.replaceChildren(...state.objects.map((obj) => {
-    const item = document.createElement('li');
-    item.className = obj === state.current ? 'current' : '';
-    item.dataset.id = obj.id;
-    const swatch = document.createElement('span');
-    swatch.className = 'swatch';
-    swatch.style.background = `rgb(${obj.color.join(',')})`;
-    const what = obj.auto ? 'automatic' : `${obj.points.length} pt${obj.box ? ' + box' : ''}`;
-    const score = obj.last ? `score ${obj.last.record.predicted_iou.toFixed(3)}` : 'waiting…';
-    item.append(swatch, `#${obj.id} ${what}, ${score}`);
-    item.addEventListener('click', () => { state.current = obj; render(); });
-    return item;
-  }));
-}
-
-function objectAt([x, y]) {
-  const i = Math.min(state.image.height - 1, Math.floor(y)) * state.image.width
-    + Math.min(state.image.width - 1, Math.floor(x));
-  for (let k = state.objects.length - 1; k >= 0; k--) {
-    const obj = state.objects[k];
-    if (obj.last && obj.last.mask[i]) return obj;
-  }
-  return null;
-}
-
-function hover(event) {
-  const tip = $('tip');
-  const obj = state.file ? objectAt(toImage(event)) : null;
-  if (!obj) {
-    tip.hidden = true;
-    return;
-  }
-  const rec = obj.last.record;
-  tip.textContent = `#${obj.id} score ${rec.predicted_iou.toFixed(3)}`
-    + (rec.stability_score !== undefined ? `, stability ${rec.stability_score.toFixed(3)}` : '');
-  tip.style.left = `${event.clientX + 12}px`;
-  tip.style.top = `${event.clientY + 12}px`;
-  tip.hidden = false;
 }
 
 // --- timings and status ----------------------------------------------------------------
