@@ -25,7 +25,16 @@ from sam2fleet.api import openapi
 from sam2fleet.api.limits import BodyLimitMiddleware
 from sam2fleet.api.metrics import MetricsMiddleware
 from sam2fleet.api.ratelimit import RateLimiter
-from sam2fleet.api.routes import compat, frames, health, images, jobs, models, videos
+from sam2fleet.api.routes import (
+    compat,
+    frames,
+    health,
+    images,
+    jobs,
+    models,
+    playground,
+    videos,
+)
 from sam2fleet.api.service import JobService
 from sam2fleet.shared.errors import BadRequest, MethodNotAllowed, NotFound, Sam2FleetError
 from sam2fleet.shared.queue import make_celery
@@ -56,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.service = JobService(settings, client, celery)
         app.state.rate_limiter = RateLimiter(settings, client)
+        app.state.service.done.start()
         yield
+        await app.state.service.done.stop()
         await client.aclose()
         celery.close()
 
@@ -70,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(videos.router)
     app.include_router(frames.router)
+    app.include_router(playground.router)
+    playground.mount(app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_bytes,

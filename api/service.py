@@ -9,8 +9,9 @@ run; the image stays for its TTL, content-addressed, for the client's retry.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-import json
 import time
 import uuid
 from functools import partial
@@ -23,11 +24,12 @@ from redis.exceptions import RedisError
 
 from sam2fleet.api import metrics
 from sam2fleet.api.admission import Admission
+from sam2fleet.api.done import DoneListener
+from sam2fleet.api.prompts import check_mask_inputs, check_prompts
 from sam2fleet.shared.errors import (
     Conflict,
     IdempotencyConflict,
     InvalidInput,
-    InvalidPrompt,
     JobError,
     JobTimeout,
     NotFound,
@@ -35,12 +37,21 @@ from sam2fleet.shared.errors import (
     Sam2FleetError,
     Unavailable,
 )
-from sam2fleet.shared.images import ProbedImage, probe_image, verify_decodable
+from sam2fleet.shared.images import ProbedImage, check_image
 from sam2fleet.shared.models import MODELS
 from sam2fleet.shared.queue import SEGMENT_TASK
 from sam2fleet.shared.records import CANCEL_SCRIPT, Heartbeat, JobRecord, Keys
-from sam2fleet.shared.schemas import ErrorBody, JobSpec, JobStatus, Prompt
+from sam2fleet.shared.schemas import ErrorBody, JobSpec, JobStatus
 from sam2fleet.shared.settings import Settings
+
+WARM_SEEN_S = 1.0
+# The worker queue holding an image's embedding, and that queue's backlog: one round
+# trip on the hot path instead of two.
+_AFFINITY_SCRIPT = """
+local queue = redis.call('GET', KEYS[1])
+if not queue then return false end
+return {queue, redis.call('LLEN', queue)}
+"""
 
 
 class JobService:
@@ -50,16 +61,17 @@ class JobService:
         self.celery = celery
         self.keys = Keys(settings.key_prefix)
         self._cancel = client.register_script(CANCEL_SCRIPT)
+        self._affinity = client.register_script(_AFFINITY_SCRIPT)
         self.admission = Admission(settings, client)
+        self.done = DoneListener(client, self.keys)  # started by the app's lifespan
+        self._warm_seen: dict[str, tuple[float, list[Heartbeat]]] = {}
 
     # --- images ------------------------------------------------------------------
 
     def probe(self, data: bytes) -> ProbedImage:
         """Everything an image must pass before anything is stored: a known format,
         size limits read from its header, and a full decode."""
-        probed = probe_image(data, max_pixels=self.settings.max_image_pixels)
-        verify_decodable(data)
-        return probed
+        return check_image(data, max_pixels=self.settings.max_image_pixels)
 
     async def store_image(self, data: bytes, owner: str) -> ProbedImage:
         """An upload: checked, then stored if Redis has room for it."""
@@ -84,22 +96,16 @@ class JobService:
         await pipe.execute()
 
     async def image_info(self, image_id: str, owner: str) -> ProbedImage | None:
-        fields = await self.redis.hmget(
-            self.keys.image(owner, image_id), "width", "height", "format"
-        )
+        """An uploaded image's size and format, kept at least as long as a fresh upload
+        from now, since a job is about to read it (one round trip for both)."""
+        key = self.keys.image(owner, image_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(key, "width", "height", "format")
+        pipe.expire(key, self.settings.image_ttl_s)
+        fields, _ = await pipe.execute()
         if fields[0] is None:
             return None
         return ProbedImage(image_id, fields[2].decode(), int(fields[0]), int(fields[1]))
-
-    async def _keep_image(self, image: ProbedImage, owner: str, data: bytes | None) -> None:
-        """Store the request's image, or keep an uploaded one at least as long as a
-        fresh upload now that a job will read it."""
-        if data is not None:
-            await self._write_image(data, image, owner)
-        elif not await self.redis.expire(
-            self.keys.image(owner, image.image_id), self.settings.image_ttl_s
-        ):
-            raise InvalidInput(f"image_id {image.image_id} is unknown or expired; upload it again")
 
     # --- jobs ----------------------------------------------------------------------
 
@@ -110,17 +116,43 @@ class JobService:
         owner: str,
         idempotency_key: str | None = None,
         data: bytes | None = None,
+        wait_s: float = 0.0,
     ) -> dict[str, Any]:
         """Queue a job on `image`: its bytes in `data` when the request brought them,
         else an uploaded image (`image_info`). Every check (model, prompts, a warm
         worker, room in Redis and in the queue) comes before anything is stored, so a
-        refused request leaves nothing behind."""
+        refused request leaves nothing behind. With `wait_s`, wait up to that long
+        for the job to end and answer it as `get` would: one round trip for a job
+        that ends in time (interactive clicks), the queued job otherwise."""
+        if wait_s <= 0:
+            return await self._submit(spec, image, owner, idempotency_key, data, uuid.uuid4().hex)
+        job_id = uuid.uuid4().hex
+        deadline = time.monotonic() + min(wait_s, self.settings.max_wait_s)
+        # Watched before the job is queued: its end cannot be missed.
+        with self.done.watch(job_id) as ended:
+            job = await self._submit(spec, image, owner, idempotency_key, data, job_id)
+            if job["id"] != job_id:  # an earlier request's job (same Idempotency-Key)
+                return await self.get(job["id"], owner, deadline - time.monotonic())
+            record, result = await self._until_done(ended, deadline, job_id, owner, fresh=True)
+        return record.public(result)
+
+    async def _submit(
+        self,
+        spec: JobSpec,
+        image: ProbedImage,
+        owner: str,
+        idempotency_key: str | None,
+        data: bytes | None,
+        job_id: str,
+    ) -> dict[str, Any]:
         model = spec.model or self.settings.model
         if model not in MODELS:
             raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
         check_prompts(spec.prompts, image, self.settings)
+        await check_mask_inputs(
+            spec, image, model, lambda job_id: self._record(job_id, owner), self.settings
+        )
         spec = spec.model_copy(update={"model": model})
-        job_id = uuid.uuid4().hex
         idem_key = None
         if idempotency_key is not None:
             idem_key, existing = await self._claim_idempotency(
@@ -129,13 +161,14 @@ class JobService:
             if existing is not None:
                 return existing
         try:
-            # One heartbeat scan per submit: readiness and affinity both use it.
-            warm = await self.warm_workers(model)
+            # One heartbeat scan serves readiness and affinity alike.
+            warm = await self._warm_for_submit(model)
             if not warm:
                 raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
             reservation = await self.admission.reserve(model, len(data or b""))
             try:
-                await self._keep_image(image, owner, data)
+                if data is not None:  # the request brought the image: store it now
+                    await self._write_image(data, image, owner)
                 queue = await self._route(spec, owner, image.image_id, model, warm)
                 return await self._enqueue(job_id, spec, image, owner, model, queue)
             finally:
@@ -197,15 +230,12 @@ class JobService:
         shared = self.keys.queue(model)
         if spec.mode != "prompt" or self.settings.affinity_ttl_s <= 0:
             return shared
-        held_by = await self.redis.get(self.keys.affinity(model, owner, image_id))
-        if held_by is None:
+        held_by = await self._affinity(keys=[self.keys.affinity(model, owner, image_id)])
+        if not held_by:
             return shared
-        queue = str(held_by.decode())
-        if (
-            queue in {w.queue for w in warm}
-            and await self.redis.llen(queue) < self.settings.affinity_max_backlog
-        ):
-            return queue
+        queue, backlog = held_by[0].decode(), int(held_by[1])
+        if queue in {w.queue for w in warm} and backlog < self.settings.affinity_max_backlog:
+            return str(queue)
         return shared
 
     def _send(self, job_id: str, queue: str, **options: Any) -> None:
@@ -216,6 +246,9 @@ class JobService:
             queue=queue,
             **options,
             task_id=job_id,  # Celery's own log lines then name the job (shared/logs.py)
+            # Workers declare the queues they consume; declaring (and binding) the
+            # queue again on every publish cost two Redis round trips per submit.
+            declare=[],
             retry=True,
             retry_policy={
                 "max_retries": 2,
@@ -226,34 +259,49 @@ class JobService:
         )
 
     async def get(self, job_id: str, owner: str, wait_s: float = 0.0) -> dict[str, Any]:
-        record = await self._record(job_id, owner)
+        record, result = await self._read(job_id, owner)
         if not record.terminal and wait_s > 0:
-            record = await self._wait(job_id, owner, min(wait_s, self.settings.max_wait_s))
-        result = None
-        if record.status is JobStatus.succeeded:
-            result = await self.redis.get(self.keys.result(job_id))
+            deadline = time.monotonic() + min(wait_s, self.settings.max_wait_s)
+            with self.done.watch(job_id) as ended:
+                record, result = await self._until_done(ended, deadline, job_id, owner)
         return record.public(result)
 
     async def _record(self, job_id: str, owner: str) -> JobRecord:
-        record = JobRecord.from_redis(await self.redis.hgetall(self.keys.job(job_id)))
+        return (await self._read(job_id, owner, with_result=False))[0]
+
+    async def _read(
+        self, job_id: str, owner: str, with_result: bool = True
+    ) -> tuple[JobRecord, bytes | None]:
+        """The job's record and, once it has succeeded, its result: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.job(job_id))
+        if with_result:
+            pipe.get(self.keys.result(job_id))
+        found = await pipe.execute()
+        record = JobRecord.from_redis(found[0])
         # Another owner's job is answered exactly like a missing one: 404.
         if record is None or record.owner != owner:
             raise NotFound(f"no job {job_id} (unknown or expired)")
-        return record
+        result = found[1] if with_result and record.status is JobStatus.succeeded else None
+        return record, result
 
-    async def _wait(self, job_id: str, owner: str, wait_s: float) -> JobRecord:
-        # Subscribe before re-reading, so a finish between the two is not missed.
-        async with self.redis.pubsub() as pubsub:
-            await pubsub.subscribe(self.keys.done(job_id))
-            record = await self._record(job_id, owner)
-            deadline = time.monotonic() + wait_s
-            while not record.terminal:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-                record = await self._record(job_id, owner)
-        return record
+    async def _until_done(
+        self, ended: asyncio.Event, deadline: float, job_id: str, owner: str, fresh: bool = False
+    ) -> tuple[JobRecord, bytes | None]:
+        """The job's record (and result) once it has ended or the deadline
+        (time.monotonic()) has passed; `ended` is its `done.watch` event. `fresh`: the
+        job was queued after the watch began, so its first read can wait for the event.
+        The record is read again at least once a second, in case the event was missed."""
+        while True:
+            if not fresh:
+                record, result = await self._read(job_id, owner)
+                if record.terminal or time.monotonic() >= deadline:
+                    return record, result
+            fresh = False
+            left = max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), timeout=min(left, 1.0))
+            ended.clear()
 
     async def submit_and_wait(
         self, spec: JobSpec, image: ProbedImage, owner: str, deadline: float, data: bytes | None
@@ -263,11 +311,9 @@ class JobService:
         cancelled (nobody will collect it) and `JobTimeout` raised; a failed job
         raises `JobError` with its own error type."""
         timeout = deadline - time.monotonic()
-        job = await self.submit(spec, image, owner, data=data)
-        while True:
-            job = await self.get(job["id"], owner, max(0.0, deadline - time.monotonic()))
-            if JobStatus(job["status"]).terminal or time.monotonic() >= deadline:
-                break
+        job = await self.submit(spec, image, owner, data=data, wait_s=max(timeout, 0.001))
+        while not JobStatus(job["status"]).terminal and time.monotonic() < deadline:
+            job = await self.get(job["id"], owner, deadline - time.monotonic())
         if not JobStatus(job["status"]).terminal:
             try:
                 await self.cancel(job["id"], owner)
@@ -316,29 +362,21 @@ class JobService:
             if w.warm and (model is None or w.model == model)
         ]
 
+    async def _warm_for_submit(self, model: str) -> list[Heartbeat]:
+        """`warm_workers(model)`, reused for `WARM_SEEN_S` once some were found: a scan
+        of the worker keys on every submit costs round trips on the interactive hot
+        path, and heartbeats are seconds apart anyway. Finding none is never reused,
+        so a worker that has just warmed up is seen at once."""
+        now = time.monotonic()
+        seen = self._warm_seen.get(model)
+        if seen is not None and now - seen[0] < WARM_SEEN_S:
+            return seen[1]
+        warm = await self.warm_workers(model)
+        if warm:
+            self._warm_seen[model] = (now, warm)
+        else:
+            self._warm_seen.pop(model, None)
+        return warm
+
     async def queue_depth(self, model: str) -> int:
         return await self.admission.depth(model)
-
-
-def check_prompts(prompts: list[Prompt], image: ProbedImage, settings: Settings) -> None:
-    """Geometry that needs the image size; shapes were checked by the schema."""
-    if len(prompts) > settings.max_objects:
-        raise InvalidPrompt(f"{len(prompts)} prompts; at most {settings.max_objects} per job")
-    w, h = image.width, image.height
-    for i, prompt in enumerate(prompts):
-        if prompt.points is not None:
-            if len(prompt.points) > settings.max_points:
-                raise InvalidPrompt(
-                    f"prompts[{i}] has {len(prompt.points)} points; at most {settings.max_points}"
-                )
-            for x, y in prompt.points:
-                if not (0 <= x <= w and 0 <= y <= h):
-                    raise InvalidPrompt(
-                        f"prompts[{i}] point [{x}, {y}] lies outside the {w}x{h} image"
-                    )
-        if prompt.box is not None:
-            x1, y1, x2, y2 = prompt.box
-            if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
-                raise InvalidPrompt(
-                    f"prompts[{i}] box {json.dumps(prompt.box)} lies outside the {w}x{h} image"
-                )

@@ -7,7 +7,8 @@ Two files, both loadable by pycocotools:
 - `detections.json`: the same annotations as a plain list, the "results" format of
   `COCO(ground_truth).loadRes("detections.json")` and `COCOeval`.
 
-Each annotation is one mask: compressed RLE `segmentation`, `area`, `bbox`,
+Each annotation is one mask: `segmentation` as compressed RLE or, for runs with
+`--format polygon`, COCO polygons (holes spliced into their outline), `area`, `bbox`,
 `score` (SAM's predicted IoU), plus the linkage back to what produced it:
 `prompt_index`, the `prompt` itself, `source_annotation_id` for COCO-box input,
 `candidate` rank in multimask mode, and the fleet's `job_id`.
@@ -40,7 +41,7 @@ def annotations_for(
             "id": first_id + k,
             "image_id": image_id,
             "category_id": default_category,
-            "segmentation": {"size": seg["size"], "counts": seg["counts"]},
+            "segmentation": coco_segmentation(seg),
             "area": m["area"],
             "bbox": m["bbox"],
             "score": m["predicted_iou"],
@@ -67,6 +68,18 @@ def annotations_for(
             ann["crop_box"] = m.get("crop_box")
         out.append(ann)
     return out
+
+
+def coco_segmentation(seg: Mapping[str, Any]) -> Any:
+    """A result's `segmentation` as a COCO annotation holds it: the RLE object, or the
+    bare list of polygons."""
+    if seg.get("polygons") is None:
+        return {"size": seg["size"], "counts": seg["counts"]}
+    if not seg["polygons"]:
+        # An empty mask has no polygon; pycocotools reads an empty list as an error.
+        height, width = seg["size"]
+        return {"size": seg["size"], "counts": [height * width]}
+    return seg["polygons"]
 
 
 def build(

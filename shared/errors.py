@@ -17,6 +17,8 @@
     ├── MethodNotAllowed                405 method_not_allowed
     ├── Conflict                        409 conflict
     │   └── IdempotencyConflict         409 idempotency_conflict
+    ├── MaskInputGone                   410 mask_input_gone  (a worker no longer holds
+    │                                       the previous mask a prompt named)
     ├── RateLimited                     429 rate_limited  (Retry-After)
     ├── Unavailable                     503 unavailable  (Retry-After)
     │   ├── NoWorkerReady               503 no_worker_ready
@@ -116,6 +118,10 @@ class Conflict(Sam2FleetError):
 
 class IdempotencyConflict(Conflict):
     type = "idempotency_conflict"
+
+
+class MaskInputGone(Sam2FleetError):
+    type, status = "mask_input_gone", 410
 
 
 class RateLimited(Sam2FleetError):

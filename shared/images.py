@@ -1,15 +1,20 @@
-"""Image probing (gateway) and decoding (worker), with Pillow only.
+"""Image checks (gateway) and decoding (worker), with Pillow (and zlib for PNG).
 
-The gateway probes the header to validate a job before queueing it; the worker
-decodes the pixels. Both honour the EXIF orientation so prompt coordinates refer
-to the image as it is displayed.
+The gateway checks an image before queueing a job on it: format and size from the
+header, and that the file is whole and uncorrupted, each done once and without
+decoding pixels the worker decodes anyway (api/service.py). The worker decodes the
+pixels, once. Both honour the EXIF orientation so prompt coordinates refer to the
+image as it is displayed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +60,10 @@ def _open(data: bytes) -> Image.Image:
 
 def probe_image(data: bytes, *, max_pixels: int) -> ProbedImage:
     """Read the header only: format, displayed size. No pixel is decoded."""
-    img = _open(data)
+    return _probe(data, _open(data), max_pixels)
+
+
+def _probe(data: bytes, img: Image.Image, max_pixels: int) -> ProbedImage:
     fmt = img.format or "unknown"
     if fmt not in ACCEPTED_FORMATS:
         raise UnsupportedImage(f"image format {fmt} is not accepted; send PNG, JPEG or WebP")
@@ -66,19 +74,76 @@ def probe_image(data: bytes, *, max_pixels: int) -> ProbedImage:
         raise ImageTooLarge(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
-    try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # a broken EXIF block must not reject an otherwise good image
-        orientation = 1
-    if orientation in _SWAPPING_ORIENTATIONS:
+    if _orientation(data, img) in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return ProbedImage(image_id_for(data), fmt, width, height)
 
 
+def _orientation(data: bytes, img: Image.Image) -> int:
+    try:
+        if img.format == "PNG":
+            # Pillow reads a PNG's eXIf chunk by decoding the whole image when the
+            # chunk comes after the pixel data; the chunks say it without decoding.
+            exif = Image.Exif()
+            for kind, payload in _png_chunks(data, verify=False):
+                if kind == b"eXIf":
+                    exif.load(bytes(payload))
+            return int(exif.get(_EXIF_ORIENTATION, 1))
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except InvalidImage:
+        raise
+    except Exception:  # a broken EXIF block must not reject an otherwise good image
+        return 1
+
+
+def check_image(data: bytes, *, max_pixels: int) -> ProbedImage:
+    """The gateway's checks: `probe_image`, and that the file is whole, so a truncated
+    or damaged upload is refused with 422 rather than failing its job later. Without
+    decoding the pixels the worker decodes anyway: PNG by its container (every chunk
+    present and matching its CRC, up to the closing IEND), JPEG by a decode at 1/8
+    scale (every entropy-coded block is still read), WebP by a decode (libwebp has no
+    cheaper complete pass). A PNG whose compressed pixel data is invalid under valid
+    checksums (made so, not damaged in transit) fails on the worker instead, as
+    `invalid_image`."""
+    img = _open(data)
+    probed = _probe(data, img, max_pixels)
+    try:
+        if img.format == "PNG":
+            for _ in _png_chunks(data):
+                pass
+        else:
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"image is truncated or corrupt: {exc}") from None
+    return probed
+
+
+def _png_chunks(data: bytes, verify: bool = True) -> Iterator[tuple[bytes, memoryview]]:
+    """Each chunk's type and payload up to IEND (its checksum verified, with `verify`)."""
+    pos, view = 8, memoryview(data)
+    while True:
+        if pos + 8 > len(data):
+            raise InvalidImage("PNG is truncated: it ends before its IEND chunk")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise InvalidImage(f"PNG is truncated inside its {kind.decode('latin-1')} chunk")
+        payload = view[pos + 8 : end]
+        crc = struct.unpack_from(">I", data, end)[0]
+        if verify and zlib.crc32(payload, zlib.crc32(kind)) != crc:
+            raise InvalidImage(f"PNG chunk {kind.decode('latin-1')} fails its checksum")
+        yield kind, payload
+        if kind == b"IEND":
+            return
+        pos = end + 4
+
+
 def decode_rgb(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Decode to an HxWx3 uint8 array, as displayed (EXIF orientation applied)."""
-    probe_image(data, max_pixels=max_pixels)
     img = _open(data)
+    _probe(data, img, max_pixels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -97,12 +162,3 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     # Alpha is dropped, not composited: the colour under a transparent pixel is
     # what SAM sees, as with SAM's own loaders (PIL convert("RGB")).
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-
-
-def verify_decodable(data: bytes) -> None:
-    """Decode fully once at upload so a truncated file is refused with 422, not later."""
-    img = _open(data)
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImage(f"image is truncated or corrupt: {exc}") from None

@@ -33,6 +33,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Logits(_Strict):
+    """Low-resolution mask logits: SAM's mask decoder output before upscaling."""
+
+    data: str = Field(description="Base64 of the array's bytes, row-major, little-endian.")
+    shape: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
+        description="[height, width]: a quarter of the model's input size (256x256 for "
+        "the SAM 2.1 models)."
+    )
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+class MaskInput(_Strict):
+    """An object's previous mask, for SAM to refine with this prompt's points and box:
+    its `logits` as an earlier job's `logits` output gave them, or that job named by
+    `job_id` (the worker keeps the logits of recent jobs beside the image's cached
+    embedding)."""
+
+    logits: Logits | None = None
+    job_id: str | None = Field(
+        None, max_length=64, description="An earlier succeeded prompt job on the same image."
+    )
+    prompt_index: int = Field(0, ge=0, description="With `job_id`: which of its objects.")
+    candidate: int = Field(
+        0, ge=0, le=2, description="With `job_id`: which of that object's masks, best first."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MaskInput:
+        if (self.logits is None) == (self.job_id is None):
+            raise ValueError("give exactly one of `logits` and `job_id`")
+        if self.logits is not None and (self.prompt_index or self.candidate):
+            raise ValueError("prompt_index and candidate go with job_id, not logits")
+        return self
+
+
 class Prompt(_Strict):
     """One object to segment: points with labels, a box, or both."""
 
@@ -42,6 +77,9 @@ class Prompt(_Strict):
     )
     box: Annotated[list[Coord], Field(min_length=4, max_length=4)] | None = Field(
         None, description="[x1, y1, x2, y2] in pixels."
+    )
+    mask_input: MaskInput | None = Field(
+        None, description="The object's previous mask, to refine rather than start over."
     )
 
     @model_validator(mode="after")
@@ -77,11 +115,38 @@ class AutoParams(_Strict):
     min_mask_region_area: int = Field(0, ge=0, le=1_000_000)
 
 
+MaskFormat = Literal["rle", "png", "polygon"]
+MAX_POLYGON_TOLERANCE = 50.0  # pixels; beyond it any mask simplifies to a few vertices
+
+
 class OutputOptions(_Strict):
-    format: Literal["rle", "png"] = Field(
-        "rle", description="`rle`: COCO compressed RLE; `png`: base64 1-bit PNG per mask."
+    format: MaskFormat = Field(
+        "rle",
+        description="`rle`: COCO compressed RLE; `png`: base64 1-bit PNG per mask; "
+        "`polygon`: COCO polygons (holes spliced into their outline, see the README).",
     )
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="Drop masks below this IoU.")
+    polygon_tolerance: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_POLYGON_TOLERANCE,
+        allow_inf_nan=False,
+        description="format=polygon: simplify each ring so that no vertex dropped lies "
+        "farther than this many pixels from it (Douglas-Peucker). 0 keeps the exact "
+        "outline, which rasterises back to the mask itself.",
+    )
+
+    logits: bool = Field(
+        False,
+        description="Prompt mode: each mask also carries its low-resolution logits "
+        "(float16), to send back as a later prompt's `mask_input.logits`.",
+    )
+
+    @model_validator(mode="after")
+    def _tolerance_needs_polygons(self) -> OutputOptions:
+        if self.polygon_tolerance > 0 and self.format != "polygon":
+            raise ValueError("polygon_tolerance applies to format=polygon only")
+        return self
 
 
 class JobSpec(_Strict):
@@ -100,6 +165,8 @@ class JobSpec(_Strict):
             raise ValueError("mode=prompt needs at least one prompt")
         if self.mode == "auto" and self.prompts:
             raise ValueError("mode=auto takes no prompts; use mode=prompt")
+        if self.mode == "auto" and self.output.logits:
+            raise ValueError("output.logits applies to mode=prompt only")
         return self
 
 
@@ -160,6 +227,11 @@ class Segmentation(BaseModel):
     size: list[int] = Field(description="[height, width]")
     counts: str | None = Field(None, description="COCO compressed RLE (format=rle).")
     png: str | None = Field(None, description="Base64 PNG, 1 bit per pixel (format=png).")
+    polygons: list[list[float]] | None = Field(
+        None,
+        description="COCO polygons [[x1, y1, x2, y2, ...], ...] (format=polygon); pixel "
+        "(x, y) is the square [x, x+1) x [y, y+1).",
+    )
 
 
 class MaskRecord(BaseModel):
@@ -173,6 +245,12 @@ class MaskRecord(BaseModel):
         None, description="Auto mode: the grid point that produced the mask."
     )
     crop_box: list[float] | None = None
+    logits: Logits | None = Field(None, description="With `output.logits`.")
+    mask_input: Literal["logits", "job"] | None = Field(
+        None,
+        description="Prompt mode: the object was refined from its previous mask, sent as "
+        "`logits` or named by an earlier `job`.",
+    )
 
 
 class Timings(BaseModel):

@@ -2,6 +2,7 @@
 # The system programs the test suite drives as real peers, installed from Debian's
 # packages when missing (`make test` runs this first; nothing to do by hand).
 #   prometheus  tests/observability scrapes a live fleet and evaluates every panel
+#   chromium    tests/browser drives the playground page through Playwright (headless)
 #   redis-server, redis-cli, ip
 #               tests/deploy/test_k8s_redis.py runs the Redis StatefulSet's scripts in
 #               network namespaces
@@ -10,6 +11,7 @@ set -euo pipefail
 
 declare -A PACKAGE_OF=(
   [prometheus]=prometheus
+  [chromium]=chromium
   [redis-server]=redis-server
   [redis-cli]=redis-tools
   [ip]=iproute2

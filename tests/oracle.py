@@ -76,3 +76,40 @@ def generate(
     )
     _fix_sizes(generator.predictor, image_size)
     return generator.generate(image)
+
+
+@torch.inference_mode()
+def refine(
+    checkpoint: Path,
+    image_size: int,
+    image: np.ndarray,
+    steps: list[dict[str, Any]],
+    *,
+    half: bool = False,
+    mask_inputs: bool = True,
+) -> list[list[tuple[str, float]]]:
+    """SAM's own interactive loop for one object, as its demos run it: the first step
+    asks for three candidates, each later step for one, with the previous step's best
+    low-resolution logits as `mask_input` (through float16 first with `half`, as they
+    travel on the wire). Per step: [(rle counts, predicted iou)] best first."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(sam2_model(checkpoint, image_size))
+    _fix_sizes(predictor, image_size)
+    predictor.set_image(image)
+    previous = None
+    out = []
+    for k, p in enumerate(steps):
+        masks, scores, low_res = predictor.predict(
+            point_coords=np.array(p["points"], dtype=np.float32) if "points" in p else None,
+            point_labels=np.array(p["labels"], dtype=np.int32) if "labels" in p else None,
+            box=np.array(p["box"], dtype=np.float32) if "box" in p else None,
+            mask_input=previous[None] if previous is not None and mask_inputs else None,
+            multimask_output=k == 0,
+        )
+        order = np.argsort(-scores, kind="stable")
+        out.append([(rle(masks[i] > 0), float(scores[i])) for i in order])
+        previous = low_res[order[0]]
+        if half:
+            previous = previous.astype(np.float16).astype(np.float32)
+    return out

@@ -22,6 +22,7 @@ from sam2fleet.launcher.redis_server import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
 
 
 @dataclass
@@ -69,6 +70,12 @@ def scene(width: int = 320, height: int = 240, seed: int = 0) -> np.ndarray:
         r = int(rng.integers(min(width, height) // 10, min(width, height) // 4))
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.integers(0, 256, 3)
     return img
+
+
+def photo(name: str) -> np.ndarray:
+    """A real photograph from tests/data/photos (see its README), as HxWx3 uint8."""
+    with Image.open(PHOTOS / f"{name}.jpg") as img:
+        return np.array(img.convert("RGB"))  # a writable copy, as a decoder gives
 
 
 def encode(img: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:

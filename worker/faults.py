@@ -12,6 +12,11 @@ image then meets the fault when it reaches the model:
     oom_above:N    raise out-of-memory while automatic points_per_batch > N
     cuda_error     raise a CUDA error (not out-of-memory) on every attempt
     cuda_error_once  the same, once: the key is deleted first
+
+Video jobs read the key of their video id instead:
+
+    frame_sleep:S  hold each tracked frame S seconds (a video that outlasts a timeout
+                   on any machine, however fast)
 """
 
 from __future__ import annotations
@@ -53,3 +58,10 @@ def inject(store: JobStore, image_id: str, spec: JobSpec) -> None:
         raise torch.AcceleratorError(
             "CUDA error: an illegal memory access was encountered (injected)"
         )
+
+
+def frame_delay(store: JobStore, video_id: str) -> float:
+    """Seconds to hold each tracked frame of a video job (`frame_sleep:S`), else 0."""
+    fault = store.fault(video_id) or ""
+    kind, _, arg = fault.partition(":")
+    return float(arg) if kind == "frame_sleep" else 0.0

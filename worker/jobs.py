@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "given back"]
 
 CacheKey = tuple[str, ...]
+CLAIMS_KEPT = 4096  # affinity claims remembered, oldest forgotten first
 
 
 class JobCancelled(Exception):
@@ -93,6 +94,7 @@ class JobRunner:
         self.observer = observer
         self.worker = worker  # the heartbeat's name, forgotten on a CUDA error
         self.queue = queue  # this worker's private queue (image affinity)
+        self._claimed: dict[tuple[str, str], float] = {}  # (owner, image) -> claimed at
 
     def start(self, job_id: str) -> JobRecord | None:
         """Mark the job running; None when it is gone, cancelled, finished or out of
@@ -177,6 +179,7 @@ class JobRunner:
                     checkpoint=self._checkpoint(job_id, image_id, spec),
                     cache_key=cache_key,
                     encoded=encoded,
+                    job_id=job_id,
                 )
             except torch.OutOfMemoryError:
                 failures.release_memory(self.model.cache)
@@ -222,8 +225,16 @@ class JobRunner:
 
     def _claim_affinity(self, owner: str, image_id: str) -> None:
         # The embedding is on this worker now: the gateway may route the image's next
-        # prompt jobs to its private queue.
-        if self.settings.affinity_ttl_s > 0 and self.queue:
-            self.store.claim_affinity(
-                self.model.stamp.name, owner, image_id, self.queue, self.settings.affinity_ttl_s
-            )
+        # prompt jobs to its private queue. The claim is written before the result, so
+        # the next click already follows it; renewed once half its TTL has passed, not
+        # on every click (a round trip saved on the interactive hot path).
+        ttl = self.settings.affinity_ttl_s
+        if ttl <= 0 or not self.queue:
+            return
+        now = time.monotonic()
+        if now - self._claimed.get((owner, image_id), -ttl) < ttl / 2:
+            return
+        self.store.claim_affinity(self.model.stamp.name, owner, image_id, self.queue, ttl)
+        self._claimed[(owner, image_id)] = now
+        if len(self._claimed) > CLAIMS_KEPT:
+            self._claimed.pop(next(iter(self._claimed)))

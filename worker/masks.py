@@ -1,16 +1,19 @@
-"""Mask encoding: COCO compressed RLE (what SAM itself emits) or 1-bit PNG."""
+"""Mask encoding: COCO compressed RLE (what SAM itself emits), 1-bit PNG or COCO polygons."""
 
 from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from sam2fleet.shared.logits import encode_logits
+from sam2fleet.shared.schemas import OutputOptions
 from sam2fleet.worker.model import ObjectMasks
+from sam2fleet.worker.polygons import mask_polygons
 
 
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:
@@ -31,41 +34,46 @@ def png_encode(mask: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _segmentation(rle: dict[str, Any], fmt: Literal["rle", "png"]) -> dict[str, Any]:
-    if fmt == "rle":
+def _segmentation(
+    rle: dict[str, Any], output: OutputOptions, mask: np.ndarray | None = None
+) -> dict[str, Any]:
+    if output.format == "rle":
         return rle
-    return {"size": rle["size"], "png": png_encode(rle_decode(rle))}
+    mask = rle_decode(rle) if mask is None else mask
+    if output.format == "png":
+        return {"size": rle["size"], "png": png_encode(mask)}
+    return {"size": rle["size"], "polygons": mask_polygons(mask, output.polygon_tolerance)}
 
 
-def prompt_records(
-    objects: list[ObjectMasks], fmt: Literal["rle", "png"], min_score: float
-) -> list[dict[str, Any]]:
+def prompt_records(objects: list[ObjectMasks], output: OutputOptions) -> list[dict[str, Any]]:
     records = []
     for obj in objects:
-        for mask, score, stability in zip(obj.masks, obj.scores, obj.stability, strict=True):
-            if float(score) < min_score:
+        for k, (mask, score, stability) in enumerate(
+            zip(obj.masks, obj.scores, obj.stability, strict=True)
+        ):
+            if float(score) < output.min_score:
                 continue
             rle = rle_encode(mask)
-            records.append(
-                {
-                    "segmentation": _segmentation(rle, fmt),
-                    "area": int(mask_utils.area(_bytes_rle(rle))),
-                    "bbox": [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))],
-                    "predicted_iou": float(score),
-                    "stability_score": float(stability),
-                    "prompt_index": obj.prompt_index,
-                }
-            )
+            record = {
+                "segmentation": _segmentation(rle, output, mask),
+                "area": int(mask_utils.area(_bytes_rle(rle))),
+                "bbox": [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))],
+                "predicted_iou": float(score),
+                "stability_score": float(stability),
+                "prompt_index": obj.prompt_index,
+                "mask_input": obj.mask_input,
+            }
+            if output.logits and obj.low_res is not None:
+                record["logits"] = encode_logits(obj.low_res[k])
+            records.append(record)
     return records
 
 
-def auto_records(
-    anns: list[dict[str, Any]], fmt: Literal["rle", "png"], min_score: float
-) -> list[dict[str, Any]]:
+def auto_records(anns: list[dict[str, Any]], output: OutputOptions) -> list[dict[str, Any]]:
     """SAM's automatic generator records, reshaped only where the contract says."""
     return [
         {
-            "segmentation": _segmentation(ann["segmentation"], fmt),
+            "segmentation": _segmentation(ann["segmentation"], output),
             "area": int(ann["area"]),
             "bbox": [float(v) for v in ann["bbox"]],
             "predicted_iou": float(ann["predicted_iou"]),
@@ -75,7 +83,7 @@ def auto_records(
             "crop_box": [float(v) for v in ann["crop_box"]],
         }
         for ann in anns
-        if float(ann["predicted_iou"]) >= min_score
+        if float(ann["predicted_iou"]) >= output.min_score
     ]
 
 

@@ -40,10 +40,17 @@ class ObjectMasks:
     masks: np.ndarray  # C x H x W bool, best first
     scores: np.ndarray  # C predicted IoU
     stability: np.ndarray  # C
+    low_res: np.ndarray | None = None  # C x h x w float32 logits (a quarter of the input size)
+    mask_input: str | None = None  # "logits" or "job": refined from a previous mask
 
 
 def _nothing() -> None:
     return None
+
+
+def _source(prompt: Prompt) -> str:
+    assert prompt.mask_input is not None
+    return "logits" if prompt.mask_input.logits is not None else "job"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,16 +151,23 @@ class SegmentationModel:
         return None if item is None else self.use(item)
 
     @torch.inference_mode()
-    def predict(self, prompts: list[Prompt], multimask: bool) -> list[ObjectMasks]:
-        """Masks for each object, all from the embedding set by `embed`."""
+    def predict(
+        self,
+        prompts: list[Prompt],
+        multimask: bool,
+        mask_inputs: list[np.ndarray | None] | None = None,
+    ) -> list[ObjectMasks]:
+        """Masks for each object, all from the embedding set by `embed`; an object
+        with a mask input (its previous low-resolution logits) refines that mask."""
         from sam2.utils.amg import calculate_stability_score
 
         out = []
         for index, prompt in enumerate(prompts):
+            previous = mask_inputs[index] if mask_inputs else None
             # One call per object: objects may differ in their number of points,
             # which SAM 2's batched decoder cannot mix in one tensor.
             with self._autocast():
-                logits, scores, _ = self.predictor.predict(
+                logits, scores, low_res = self.predictor.predict(
                     point_coords=np.asarray(prompt.points, dtype=np.float32)
                     if prompt.points
                     else None,
@@ -161,6 +175,7 @@ class SegmentationModel:
                     if prompt.labels
                     else None,
                     box=np.asarray(prompt.box, dtype=np.float32) if prompt.box else None,
+                    mask_input=None if previous is None else previous[None],
                     multimask_output=multimask,
                     return_logits=True,
                 )
@@ -174,6 +189,8 @@ class SegmentationModel:
                     masks=(logits > threshold)[order],
                     scores=scores[order],
                     stability=stability[order],
+                    low_res=low_res[order],
+                    mask_input=None if prompt.mask_input is None else _source(prompt),
                 )
             )
         return out

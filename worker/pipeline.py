@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from sam2fleet.shared.errors import InvalidInput, MaskInputGone
 from sam2fleet.shared.images import decode_rgb
-from sam2fleet.shared.schemas import JobResult, JobSpec
+from sam2fleet.shared.logits import decode_logits
+from sam2fleet.shared.schemas import JobResult, JobSpec, Prompt
 from sam2fleet.worker.embed_cache import Embedding
 from sam2fleet.worker.masks import auto_records, prompt_records
 from sam2fleet.worker.model import SegmentationModel
@@ -44,12 +46,14 @@ def run_job(
     checkpoint: Checkpoint = _no_checkpoint,
     cache_key: tuple[str, ...] | None = None,
     encoded: Encoded | None = None,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """`checkpoint(stage)` is called at each safe point between stages; it may raise
     to stop the job there (cancellation) or inject a fault (tests). With a
     `cache_key`, a prompt job on an image whose embedding the model still holds
     skips fetching, decoding and encoding the image altogether; so does one whose
-    image was `encoded` in a batch already."""
+    image was `encoded` in a batch already. With a `job_id` too, the job's mask
+    logits stay beside the cached embedding for later prompts that name it."""
     timings: dict[str, Any] = {
         "queue_s": queue_s,
         "decode_s": 0.0,
@@ -69,10 +73,15 @@ def run_job(
         height, width = _set_embedding(model, timings, decode, checkpoint, cache_key, encoded)
         checkpoint("embedded")
         mark = time.perf_counter()
-        objects = model.predict(spec.prompts, spec.multimask)
+        previous = _mask_inputs(model, spec.prompts, cache_key)
+        objects = model.predict(spec.prompts, spec.multimask, previous)
+        if cache_key is not None and job_id is not None:
+            model.cache.remember(
+                cache_key, job_id, [o.low_res for o in objects if o.low_res is not None]
+            )
         timings["predict_s"] = _since(mark)
         mark = time.perf_counter()
-        masks = prompt_records(objects, spec.output.format, spec.output.min_score)
+        masks = prompt_records(objects, spec.output)
         notes = model.notes(None)
     else:
         image = decode()
@@ -81,7 +90,7 @@ def run_job(
         anns, embed_s = model.generate(spec.auto, image, on_crop=lambda: checkpoint("embed"))
         timings["embed_s"], timings["predict_s"] = embed_s, _since(mark) - embed_s
         mark = time.perf_counter()
-        masks = auto_records(anns, spec.output.format, spec.output.min_score)
+        masks = auto_records(anns, spec.output)
         notes = model.notes(spec.auto)
     timings["encode_s"] = _since(mark)
 
@@ -126,6 +135,40 @@ def _set_embedding(
     timings["embed_s"] = _since(mark)
     timings["encoder_batch_size"] = 1
     return image.shape[0], image.shape[1]
+
+
+def _mask_inputs(
+    model: SegmentationModel, prompts: list[Prompt], cache_key: tuple[str, ...] | None
+) -> list[np.ndarray | None]:
+    """Each object's previous mask logits: decoded from the prompt, or the ones this
+    worker kept for the job it names; `MaskInputGone` when those are no longer here
+    (never an answer that silently starts over)."""
+    side = model.image_size // 4
+    out: list[np.ndarray | None] = []
+    for i, prompt in enumerate(prompts):
+        given = prompt.mask_input
+        if given is None:
+            out.append(None)
+        elif given.logits is not None:
+            out.append(decode_logits(given.logits, side, f"prompts[{i}].mask_input.logits"))
+        else:
+            assert given.job_id is not None
+            held = None if cache_key is None else model.cache.recall(cache_key, given.job_id)
+            if held is None or given.prompt_index >= len(held):
+                raise MaskInputGone(
+                    f"prompts[{i}].mask_input: the previous mask of job {given.job_id} is no "
+                    "longer held by the worker (its image left the embedding cache, or the "
+                    "job ran on another worker); send its logits (output.logits) instead, "
+                    "or start the object again"
+                )
+            candidates = held[given.prompt_index]
+            if given.candidate >= len(candidates):
+                raise InvalidInput(
+                    f"prompts[{i}].mask_input: job {given.job_id} has {len(candidates)} "
+                    f"mask(s) for object {given.prompt_index}"
+                )
+            out.append(candidates[given.candidate])
+    return out
 
 
 def _since(mark: float) -> float:

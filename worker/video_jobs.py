@@ -40,7 +40,7 @@ from sam2fleet.shared.video_files import open_frames
 from sam2fleet.shared.video_memory import estimate_video_bytes
 from sam2fleet.shared.video_records import FRAME_SCRIPT, StoredVideo, VideoKeys
 from sam2fleet.shared.video_schemas import VideoJobSpec, frames_written, plan
-from sam2fleet.worker import admission, video_metrics
+from sam2fleet.worker import admission, faults, video_metrics
 from sam2fleet.worker.batching import Gatherer
 from sam2fleet.worker.jobs import JobCancelled, Outcome
 from sam2fleet.worker.masks import rle_encode
@@ -128,6 +128,7 @@ def _track(rt: Any, job_id: str, record: JobRecord) -> dict[str, Any]:
     inline = InlineJobs(rt, rt.settings.video_inline_jobs)
     lease = DeliveryLease(rt, refresh=partial(refresh_ttl, rt, owner, stored))
     frames = open_video(rt, owner, stored, tracker.predictor.image_size)
+    delay = faults.frame_delay(rt.store, info.video_id) if rt.settings.fault_injection else 0.0
     started = time.perf_counter()
     tracked_frames = 0
     lease.start()
@@ -144,6 +145,8 @@ def _track(rt: Any, job_id: str, record: JobRecord) -> dict[str, Any]:
             seconds = time.perf_counter() - mark
             video_metrics.frame_tracked(rt, seconds, held_bytes(tracker.state))
             inline.answer()
+            if delay:
+                time.sleep(delay)  # test seam (worker/faults.py)
             mark = time.perf_counter()
     finally:
         lease.stop()

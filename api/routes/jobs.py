@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from sam2fleet.api import video_jobs
 from sam2fleet.api.auth import Owner, check_rate
@@ -13,7 +13,7 @@ from sam2fleet.api.openapi import answers
 from sam2fleet.api.payload import job_from_request
 from sam2fleet.api.routes.videos import video_store
 from sam2fleet.shared.errors import InvalidInput
-from sam2fleet.shared.schemas import JobPublic
+from sam2fleet.shared.schemas import JobPublic, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -47,10 +47,18 @@ _SUBMIT_BODY: dict[str, Any] = {
     response_model=JobPublic,
     response_model_exclude_none=True,
     openapi_extra=_SUBMIT_BODY,
-    responses=answers(400, 401, 409, 413, 415, 422, 429, 503),
+    responses={
+        200: {
+            "model": JobPublic,
+            "description": "With `wait`: the job ended within it (succeeded, failed or "
+            "cancelled), answered as `GET /v1/jobs/{id}` would.",
+        },
+        **answers(400, 401, 404, 409, 413, 415, 422, 429, 503),
+    },
 )
 async def submit_job(
     request: Request,
+    response: Response,
     service: ServiceDep,
     settings: SettingsDep,
     owner: Owner,
@@ -61,8 +69,16 @@ async def submit_job(
             description="Same key and body again: the same job, run once. Another body: 409.",
         ),
     ] = None,
+    wait: float = Query(
+        0.0,
+        ge=0.0,
+        le=600.0,
+        description="Seconds to wait in this request for the job to end: 200 with the "
+        "ended job when it does, 202 with the job as it is when it does not.",
+    ),
 ) -> Any:
-    """Validate fully, admit, store the image once, queue the job; 202 with its id."""
+    """Validate fully, admit, store the image once, queue the job; 202 with its id, or
+    with `wait` the ended job (200) in the same round trip."""
     await check_rate(request, owner)
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await request.body()
@@ -79,7 +95,10 @@ async def submit_job(
         if found is None:
             raise InvalidInput(f"image_id {image_id} is unknown or expired; upload it again")
         image = found
-    return await service.submit(spec, image, owner, idempotency_key, data=image_bytes)
+    job = await service.submit(spec, image, owner, idempotency_key, image_bytes, wait)
+    if wait > 0 and JobStatus(job["status"]).terminal:
+        response.status_code = 200
+    return job
 
 
 @router.get(

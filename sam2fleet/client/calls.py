@@ -145,15 +145,26 @@ class ClientCore:
         image: ImageLike | None,
         prompts: Sequence[Mapping[str, Any]] | None,
         options: JobOptions,
+        wait: float = 0.0,
     ) -> Steps[Job]:
         body = submit_body(image, prompts=prompts, **options)
-        return (yield from self._submit_body(body, options.get("idempotency_key")))
+        return (yield from self._submit_body(body, options.get("idempotency_key"), wait))
 
-    def _submit_body(self, body: Mapping[str, Any], idempotency_key: str | None) -> Steps[Job]:
+    def _submit_body(
+        self, body: Mapping[str, Any], idempotency_key: str | None, wait: float = 0.0
+    ) -> Steps[Job]:
+        """With `wait`, the server answers in the same request once the job has ended
+        within that many seconds (one round trip for a quick job)."""
         # One key for every retry of this submit: the server makes at most one job of it.
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         reply = yield from self._request(
-            "POST", "/v1/jobs", json=dict(body), headers=headers, retry_conflict=True
+            "POST",
+            "/v1/jobs",
+            json=dict(body),
+            headers=headers,
+            retry_conflict=True,
+            params={"wait": wait} if wait else None,
+            timeout=self.timeout + wait,
         )
         return Job.from_dict(reply.json())
 
@@ -187,8 +198,12 @@ class ClientCore:
         timeout: float | None,
         options: JobOptions,
     ) -> Steps[Job]:
-        submitted = yield from self._submit(image, prompts, options)
-        job = yield from self._wait(submitted.id, timeout, POLL_S)
+        started = time.monotonic()
+        first = POLL_S if timeout is None else min(POLL_S, timeout)
+        job = yield from self._submit(image, prompts, options, wait=first)
+        if not job.done:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            job = yield from self._wait(job.id, left, POLL_S)
         job.result_or_raise()
         return job
 

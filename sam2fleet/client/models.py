@@ -106,6 +106,10 @@ class Mask:
     prompt_index: int | None = None
     point_coords: list[list[float]] | None = None
     crop_box: list[float] | None = None
+    # {"data", "shape", "dtype"} with output.logits: send it back as a prompt's
+    # `mask_input={"logits": mask.logits}` to refine this mask.
+    logits: dict[str, Any] | None = field(default=None, repr=False)
+    mask_input: str | None = None  # "logits" or "job": refined from a previous mask
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Mask:
@@ -118,6 +122,8 @@ class Mask:
             _opt_int(d.get("prompt_index")),
             d.get("point_coords"),
             d.get("crop_box"),
+            d.get("logits"),
+            d.get("mask_input"),
         )
 
     @property
@@ -126,7 +132,7 @@ class Mask:
         return int(h), int(w)
 
     def decode(self) -> np.ndarray:
-        """The mask as an HxW bool array (from COCO RLE or from PNG output)."""
+        """The mask as an HxW bool array (from COCO RLE, PNG or polygon output)."""
         return decode_segmentation(self.segmentation)
 
 
@@ -202,13 +208,14 @@ class Job:
 
 
 def decode_segmentation(seg: Mapping[str, Any]) -> np.ndarray:
-    """An HxW bool array from a result's `segmentation` (COCO RLE, or PNG output)."""
-    if seg.get("counts") is not None:
-        from pycocotools import mask as mask_utils
+    """An HxW bool array from a result's `segmentation`: COCO RLE, PNG or COCO polygons."""
+    from pycocotools import mask as mask_utils
 
+    height, width = (int(v) for v in seg["size"])
+    if seg.get("counts") is not None:
         counts = seg["counts"]
         rle = {
-            "size": list(seg["size"]),
+            "size": [height, width],
             "counts": counts.encode() if isinstance(counts, str) else counts,
         }
         decoded: np.ndarray = mask_utils.decode(rle)
@@ -216,4 +223,12 @@ def decode_segmentation(seg: Mapping[str, Any]) -> np.ndarray:
     if seg.get("png") is not None:
         with Image.open(io.BytesIO(base64.b64decode(seg["png"]))) as img:
             return np.asarray(img.convert("L")) > 0
-    raise ValueError("segmentation has neither `counts` (RLE) nor `png`")
+    if seg.get("polygons") is not None:
+        # As every COCO reader does: fill each polygon (holes are spliced into their
+        # outline), then take the union.
+        if not seg["polygons"]:
+            return np.zeros((height, width), dtype=bool)
+        rles = mask_utils.frPyObjects([list(p) for p in seg["polygons"]], height, width)
+        merged: np.ndarray = mask_utils.decode(mask_utils.merge(rles))
+        return merged.astype(bool)
+    raise ValueError("segmentation has none of `counts` (RLE), `png` and `polygons`")

@@ -23,7 +23,8 @@ class JobOptions(TypedDict, total=False):
     model: str | None
     multimask: bool | None
     auto: Mapping[str, Any] | None  # the automatic generator's knobs
-    output: Mapping[str, Any] | None  # {"format": "rle" | "png", "min_score": ...}
+    # {"format": "rle" | "png" | "polygon", "min_score": ..., "polygon_tolerance": ...}
+    output: Mapping[str, Any] | None
     idempotency_key: str | None  # default: a fresh one per submit (its retries share it)
 
 

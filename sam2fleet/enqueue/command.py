@@ -9,7 +9,7 @@ from dataclasses import fields
 import httpx
 
 from sam2fleet.client import ApiError
-from sam2fleet.enqueue.arguments import auto_knobs
+from sam2fleet.enqueue.arguments import auto_knobs, output_options
 from sam2fleet.enqueue.options import Options, format_summary
 from sam2fleet.enqueue.run import run
 from sam2fleet.sources import SourceError, load_source
@@ -35,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
 
 def options_of(args: argparse.Namespace) -> Options:
     """The run's options from the command line (each option is the field of its name);
-    ValueError for a bad automatic-mode knob."""
+    ValueError for a bad automatic-mode knob or output option."""
+    output_options(args)
     values = {
         f.name: getattr(args, _OPTION_OF.get(f.name, f.name))
         for f in fields(Options)

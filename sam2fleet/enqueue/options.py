@@ -19,6 +19,8 @@ class Options:
     multimask: bool = False
     auto: dict[str, Any] = field(default_factory=dict)
     min_score: float = 0.0
+    mask_format: str = "rle"  # or "polygon"
+    polygon_tolerance: float = 0.0
     png_masks: bool = False
     overlays: bool = False
     job_timeout_s: float = 600.0

@@ -44,8 +44,10 @@ def job_spec(item: Item, opts: Options) -> dict[str, Any] | str:
     spec: dict[str, Any] = {
         "mode": mode,
         "multimask": opts.multimask,
-        "output": {"format": "rle", "min_score": opts.min_score},
+        "output": {"format": opts.mask_format, "min_score": opts.min_score},
     }
+    if opts.mask_format == "polygon" and opts.polygon_tolerance:
+        spec["output"]["polygon_tolerance"] = opts.polygon_tolerance
     if opts.model:
         spec["model"] = opts.model
     if mode == "prompt":

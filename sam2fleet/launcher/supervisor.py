@@ -122,6 +122,7 @@ class Fleet:
                 if not announced and probe(f"{base}/livez"):
                     announced = True
                     say(f"API: {base}  (docs: {base}/docs)")
+                    say(f"playground: {base}/playground/  (click to segment in a browser)")
                     say("waiting for a worker to load the model and finish its warm-up...")
                 if announced and not ready and warm_workers(client, self.settings) > 0:
                     ready = True

@@ -183,6 +183,21 @@ def test_masks_decode_from_rle_and_png() -> None:
     assert mask.size == (5, 7) and mask.decode().sum() == 12
 
 
+def test_masks_decode_from_polygons_with_a_spliced_hole() -> None:
+    # A 6x6 square with a 2x2 hole, as the worker writes it: the hole reached by a
+    # bridge from the outline and left by the same bridge (pycocotools fills by parity).
+    outline = [1, 1, 7, 1, 7, 7, 1, 7]
+    hole = [3, 3, 3, 5, 5, 5, 5, 3, 3, 3]
+    seg = {"size": [9, 9], "polygons": [outline[:2] + hole + outline]}
+    m = np.zeros((9, 9), dtype=bool)
+    m[1:7, 1:7] = True
+    m[3:5, 3:5] = False
+    assert (decode_segmentation(seg) == m).all()
+    assert not decode_segmentation({"size": [4, 3], "polygons": []}).any()
+    with pytest.raises(ValueError, match="polygons"):
+        decode_segmentation({"size": [4, 3]})
+
+
 # --- sources ----------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval
 
 from sam2fleet.cli import main as cli
 from sam2fleet.client import ApiError, Client
-from tests.support import ROOT, Fleet, RedisServer, encode, scene
+from tests.support import PHOTOS, ROOT, Fleet, RedisServer, encode, scene
 
 SIZES = [(64, 48), (96, 96), (160, 120), (120, 160), (80, 112), (144, 64), (100, 75)]
 FORMATS = ["PNG", "JPEG", "WEBP", "PNG-L", "PNG-RGBA", "BMP"]
@@ -506,3 +506,39 @@ def test_compat_segment_route(fleet: Fleet, images: dict[str, Any]) -> None:
     assert r.status_code == 504, r.text
     err = r.json()["error"]
     assert err["type"] == "timeout" and "cancelled" in err["message"]
+
+
+def test_polygon_format_through_enqueue_overlay_and_the_client(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--format polygon`: results.json holds COCO polygons that pycocotools fills back
+    to exactly the masks the same job gives as RLE; overlays draw from them."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in PHOTOS.glob("*.jpg"):
+        (photos / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    args = ["enqueue", str(photos), "--out", str(out), "--server", fleet.base_url]
+    assert cli([*args, "--mode", "auto", *AUTO, "--format", "polygon", "--overlays"]) == 0
+    coco = COCO(str(out / "results.json"))
+    assert len(coco.dataset["images"]) == 2 and coco.anns
+    knobs = {"points_per_side": 2, "pred_iou_thresh": 0, "stability_score_thresh": 0}
+    with Client(fleet.base_url) as client:
+        for img in coco.dataset["images"]:
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+            assert all(isinstance(a["segmentation"], list) for a in anns)
+            job = client.segment(photos / img["file_name"], mode="auto", auto=knobs, timeout=120)
+            assert job.result is not None
+            want = job.result.decode_masks()
+            assert len(want) == len(anns)
+            for ann, mask in zip(anns, want, strict=True):
+                assert (coco.annToMask(ann).astype(bool) == mask).all()
+                assert ann["area"] == int(mask.sum())
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    # A bad tolerance is refused before any image is sent.
+    code = cli([*args, "--format", "polygon", "--polygon-tolerance", "99"])
+    assert code == 2 and "--polygon-tolerance" in capsys.readouterr().err
+    # The overlay command draws a polygon job's masks too.
+    record = next((out / "jobs").glob("*.json"))
+    assert cli(["overlay", str(record), "--out", str(tmp_path / "o.png")]) == 0
+    assert (tmp_path / "o.png").exists()

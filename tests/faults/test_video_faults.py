@@ -28,6 +28,7 @@ ENV = {
     "SAM2FLEET_TASK_SOFT_TIME_LIMIT_S": "10",
     "SAM2FLEET_TASK_TIME_LIMIT_S": "14",
     "SAM2FLEET_MAX_ATTEMPTS": "3",
+    "SAM2FLEET_FAULT_INJECTION": "1",
 }
 CLICK = {"obj_id": 1, "frame": 0, "points": [[40, 50]], "labels": [1]}
 
@@ -99,10 +100,14 @@ def test_a_video_longer_than_the_visibility_timeout_is_not_redelivered(
     vfaulty: FaultFleet,
 ) -> None:
     # Past the 20 s visibility timeout (and kombu's 5 s restore sweep): with its
-    # delivery renewed, the job keeps its one worker and its one attempt. About 0.2 s
-    # a frame on one core at this size: 200 frames take some 40 s.
-    n = 200
-    job = start_video(vfaulty, n)
+    # delivery renewed, the job keeps its one worker and its one attempt. The fault
+    # seam holds each frame 0.25 s, so 120 frames last over 30 s on any machine.
+    n = 120
+    video = upload(vfaulty.base_url, encode_video(moving_frames(n)))
+    vfaulty.redis.set(f"vflt:fault:{video['video_id']}", "frame_sleep:0.25")
+    job = submit(
+        vfaulty.base_url, {"mode": "video", "video_id": video["video_id"], "prompts": [CLICK]}
+    )
     started = time.monotonic()
     done = wait_end(vfaulty.base_url, job["id"], timeout=300)
     assert time.monotonic() - started > 27, "the job must outlast visibility + restore sweep"

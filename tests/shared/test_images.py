@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from sam2fleet.shared.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from sam2fleet.shared.images import decode_rgb, image_id_for, probe_image
+from sam2fleet.shared.images import check_image, decode_rgb, image_id_for, probe_image
 from tests.support import encode, scene
 
 
@@ -55,3 +58,83 @@ def test_limits_and_refusals() -> None:
         probe_image(encode(scene(8, 8), "GIF"), max_pixels=1000)
     with pytest.raises(InvalidImage, match="empty"):
         probe_image(b"", max_pixels=1000)
+
+
+# --- the gateway's check: whole and uncorrupted, without decoding pixels twice -------
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(kind))
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def _rebuilt_png(data: bytes, idat: bytes | None = None, extra_after_idat: bytes = b"") -> bytes:
+    """The PNG's chunks again, its pixel data replaced by `idat` (checksums made valid)."""
+    out, pos = [data[:8]], 8
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind, payload = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IDAT":
+            if idat is None:
+                out.append(_chunk(kind, payload))
+            elif idat:
+                out.append(_chunk(kind, idat))
+                idat = b""
+            out.append(extra_after_idat)
+            extra_after_idat = b""
+        else:
+            out.append(_chunk(kind, payload))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+def test_whole_pngs_pass_the_check_interlaced_or_not(interlace: bool) -> None:
+    for mode in ("RGB", "RGBA", "L", "P", "I;16"):
+        img = Image.fromarray(scene(37, 23)).convert(mode if mode != "I;16" else "I")
+        if mode == "I;16":
+            img = Image.fromarray(np.asarray(img, dtype=np.uint16))
+        data = encode(img, interlace=interlace) if interlace else encode(img)
+        probed = check_image(data, max_pixels=10_000)
+        assert (probed.width, probed.height) == (37, 23), mode
+
+
+def test_a_damaged_or_cut_png_is_refused_at_the_gateway() -> None:
+    data = encode(scene(64, 48))
+    flipped = bytearray(data)
+    flipped[data.index(b"IDAT") + 10] ^= 0xFF  # a bit error in transit
+    with pytest.raises(InvalidImage, match="checksum"):
+        check_image(bytes(flipped), max_pixels=10_000)
+    with pytest.raises(InvalidImage, match="truncated"):
+        check_image(data[:-12], max_pixels=10_000)  # IEND missing
+    with pytest.raises(InvalidImage, match="truncated"):
+        check_image(data[: data.index(b"IDAT") + 20], max_pixels=10_000)
+
+
+def test_pixel_data_made_invalid_under_valid_checksums_fails_on_the_worker() -> None:
+    data = encode(scene(64, 48))
+    (length,) = struct.unpack_from(">I", data, data.index(b"IDAT") - 4)
+    idat = data[data.index(b"IDAT") + 4 : data.index(b"IDAT") + 4 + length]
+    for bad in (idat[: len(idat) // 2], idat[:10] + b"\xff" * 20 + idat[30:]):
+        crafted = _rebuilt_png(data, bad)
+        check_image(crafted, max_pixels=10_000)  # the container is whole
+        with pytest.raises(InvalidImage, match="decoded"):
+            decode_rgb(crafted, max_pixels=10_000)
+
+
+def test_a_png_exif_orientation_after_the_pixel_data_is_read_without_decoding() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _rebuilt_png(encode(scene(64, 48)), extra_after_idat=_chunk(b"eXIf", exif.tobytes()))
+    assert data.index(b"eXIf") > data.index(b"IDAT")
+    probed = check_image(data, max_pixels=10_000)
+    assert (probed.width, probed.height) == (48, 64)
+    assert decode_rgb(data, max_pixels=10_000).shape[:2] == (64, 48)  # as displayed
+
+
+def test_truncated_jpeg_and_webp_are_refused() -> None:
+    for fmt in ("JPEG", "WEBP"):
+        data = encode(scene(64, 48), fmt, quality=90)
+        assert check_image(data, max_pixels=10_000).format == fmt
+        with pytest.raises(InvalidImage):
+            check_image(data[: len(data) * 2 // 3], max_pixels=10_000)

@@ -83,6 +83,9 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         started = out.wait_for(r"(worker0-\w+): started \(pid (\d+)\)")
         worker, worker_pid = started.group(1), int(started.group(2))
         out.wait_for(rf"API: http://127\.0\.0\.1:{api_port}")
+        page = out.wait_for(r"playground: (\S+)").group(1)
+        assert page == f"http://127.0.0.1:{api_port}/playground/"
+        assert "<title>sam2fleet playground</title>" in httpx.get(page).text
         out.wait_for(r"ready\. Try:")
         assert any("curl -s" in line for line in out.lines)
         # It waited for the worker without polling the API (each poll an access-log

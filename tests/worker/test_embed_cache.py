@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from sam2fleet.worker.embed_cache import EmbeddingCache
+from sam2fleet.worker.embed_cache import MASKS_PER_IMAGE, EmbeddingCache
 
 
 def features(mb: int) -> dict:
@@ -37,3 +38,19 @@ def test_replacing_a_key_keeps_the_byte_count_right() -> None:
     assert len(cache) == 1 and cache.bytes == 2 * (1 << 20) + 8
     cache.clear()
     assert cache.bytes == 0 and cache.get(("a",)) is None
+
+
+def test_jobs_masks_stay_beside_their_image_and_leave_with_it() -> None:
+    cache = EmbeddingCache(max_bytes=(1 << 20) + 12)  # room for one image only
+    logits = [np.zeros((3, 4, 4), dtype=np.float32)]
+    cache.remember(("a",), "job0", logits)  # no embedding for the image: nothing kept
+    assert cache.recall(("a",), "job0") is None
+    cache.put(("a",), features(0), [(1, 1)])
+    for k in range(MASKS_PER_IMAGE + 1):
+        cache.remember(("a",), f"job{k}", [np.full((1, 4, 4), k, dtype=np.float32)])
+    assert cache.recall(("a",), "job0") is None  # the oldest beyond the limit went
+    held = cache.recall(("a",), f"job{MASKS_PER_IMAGE}")
+    assert held is not None and held[0][0, 0, 0] == MASKS_PER_IMAGE
+    assert cache.recall(("b",), f"job{MASKS_PER_IMAGE}") is None  # keyed by image too
+    cache.put(("big",), features(1), [(1, 1)])  # evicts "a", and its masks with it
+    assert cache.recall(("a",), f"job{MASKS_PER_IMAGE}") is None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sam2fleet.shared.schemas import Prompt
+from sam2fleet.shared.schemas import OutputOptions, Prompt
 from sam2fleet.shared.settings import Settings
 from sam2fleet.worker.gpu import CacheClearer
 from sam2fleet.worker.masks import prompt_records, rle_decode
@@ -36,7 +36,7 @@ def test_loads_checkpoint_and_predicts_like_meta(tiny_checkpoint: Path) -> None:
     model.embed(image)
     objects = model.predict([Prompt(**p) for p in prompts], multimask=True)
     direct = oracle.predict(tiny_checkpoint, SMALL, image, prompts, True)
-    records = prompt_records(objects, "rle", 0.0)
+    records = prompt_records(objects, OutputOptions())
     assert [r["segmentation"]["counts"] for r in records] == [c for obj in direct for c, _ in obj]
     for r in records:
         assert rle_decode(r["segmentation"]).sum() == r["area"]
