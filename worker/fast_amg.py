@@ -2,43 +2,54 @@
 
 `FastAutomaticMaskGenerator` takes the knobs of Meta's `SAM2AutomaticMaskGenerator`
 (sam2 1.1.0; `multimask_output=True`, `use_m2m=False`, `output_mode="coco_rle"`)
-and returns the same list of records in the same order. What it does differently,
-measured on CPU with the tiny model at 1024 px (a 16-points-per-side run spends
-~90% of its time in the mask decoder, not in post-processing):
+and returns the same list of records, equal field for field and bit for bit, on
+any CPU.
 
-1. **Layer 1 of the decoder's two-way transformer is shared.** Before its first
-   image-side update every point sees the same image tokens (image embedding + the
-   "no mask" dense embedding + positional encoding), so the key/value projections
-   of the token→image attention and the query projection of the image→token
-   attention are computed once per crop instead of once per point, and the image
-   embedding is never copied per point (Meta's `repeat_interleave`). The values are
-   the same float operations on the same inputs, so the logits and predicted IoUs
-   are bit-identical on CPU (checked by tests/worker/test_fast_amg.py).
-2. **Output upscaling only where a mask can survive.** The predicted IoU comes from
-   the IoU token alone; the two transposed convolutions, the LayerNorm2d and the
-   hypernetwork product run only for points with at least one mask above
-   `pred_iou_thresh` (Meta's own filter, `iou > thresh` when thresh > 0).
-3. **Full resolution only for survivors.** Meta upsamples every candidate of a batch
-   to the crop's full resolution before filtering; here only masks that pass the
-   IoU filter are upsampled (in chunks of `upsample_chunk`), and stability, the
-   threshold, boxes and the crop-edge filter are computed on those full-resolution
-   logits exactly as Meta does (no low-resolution approximation of stability).
-4. **Vectorised RLE.** Survivors of a chunk are encoded in one
-   `pycocotools.mask.encode` call on a Fortran-ordered HxWxN uint8 array instead of
-   Meta's per-mask Python loop over change indices; the compressed counts are
-   identical.
+How identity holds on any processor: every floating-point operation whose rounding
+could depend on the processor or on a tensor's shape or layout is Meta's own call on
+Meta's own tensors. BLAS (MKL) and oneDNN choose their kernels and blocking by
+processor, shape and memory layout, so a matrix product over a shared (1, 4096, 256)
+view rounds like Meta's per-point (B, 4096, 256) product on some CPUs and not on
+others (an earlier version shared the decoder's first-layer projections across
+points; its logits differed from Meta's in the last bit under MKL's generic code
+path, `MKL_CBWR=COMPATIBLE`, and by one mask pixel on an AVX2-only AMD EPYC). So:
+
+- The prompt encoder and the mask decoder are called exactly as Meta's
+  `SAM2ImagePredictor._predict` calls them, on the same decoder batches of
+  `points_per_batch` points: same inputs, shapes and layouts, so the same kernels.
+- Full-resolution logits come from Meta's `postprocess_masks` on Meta's
+  (points, 3, h, w) layout. Bilinear interpolation computes each output pixel from
+  four pixels of its own plane, with no reduction across planes, so the number of
+  points in a call does not change a value; but torch picks its kernel by the
+  channel count and the thread count (with one thread, 3 channels take the
+  channels-last kernel and 1 channel the generic one, which round differently), so
+  whole points keep the 3 channels Meta's call has.
+- Everything after that is exact: comparisons, integer counts (stability score),
+  one correctly rounded division per mask, boxes, padding, RLE.
+
+What it does differently (all of it exact, none of it floating-point reordering):
+
+1. **Full resolution only where a mask can survive.** Meta upsamples every
+   candidate of a decoder batch to the crop's full resolution before its IoU
+   filter; here only points with a mask above `pred_iou_thresh` (Meta's own filter,
+   `iou > thresh` when thresh > 0) are upsampled, about `upsample_chunk` masks at a
+   time, which also bounds memory.
+2. **No per-mask Python.** Meta builds uncompressed RLE with a Python loop over
+   change indices per mask, deep-copies those lists whenever batches are
+   concatenated, and compresses them one by one; here the survivors of a chunk are
+   encoded in one `pycocotools.mask.encode` call on a Fortran-ordered HxWxN uint8
+   array (the compressed counts are identical) and areas are pixel counts.
 
 NMS within a crop (`batched_nms` on boxes, predicted IoU as score), the crop boxes
 and the cross-crop NMS (smaller crops preferred) are Meta's, on the same tensors in
 the same order, so the set and order of masks match.
 
-Decoder batches: `points_per_batch` points per decoder call, as in Meta's generator,
-capped at `max_points_per_call` (default 128). On CPU larger calls were not faster
-(each point carries 4096 image tokens, so a call's activations grow ~10 MB per
-point and first-touch page faults dominate), and keeping Meta's batch boundaries
-keeps the decoder's small matrix products bit-identical to Meta's. The cap bounds
-memory (~1.5 GB of activations at 1024 px); the worker's out-of-memory retry that
-halves `points_per_batch` works here too.
+Decoder batches: `points_per_batch` points per decoder call, as in Meta's
+generator, capped at `max_points_per_call` (default 128) to bound memory (the
+decoder holds several B x 4096 x 256 float tensors, ~0.5 GB each at B=128 and
+1024 px). Identity with Meta's generator needs the same batches, so it holds for
+`points_per_batch` <= `max_points_per_call`; above the cap it is not guaranteed.
+The worker's out-of-memory retry that halves `points_per_batch` works here too.
 """
 
 from __future__ import annotations
@@ -166,7 +177,6 @@ class FastAutomaticMaskGenerator:
         self.predictor.set_image(cropped)  # attribute lookup: the pipeline's hook
         points_for_image = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
 
-        shared = self._shared_image_state()
         batch = max(1, min(self.points_per_batch, self.max_points_per_call))
         parts = []
         for start in range(0, len(points_for_image), batch):
@@ -175,7 +185,7 @@ class FastAutomaticMaskGenerator:
                 dtype=torch.float32,
                 device=self.predictor.device,
             )
-            parts.append(self._process_batch(points, crop_size, crop_box, orig_size, shared))
+            parts.append(self._process_batch(points, crop_size, crop_box, orig_size))
         self.predictor.reset_predictor()
         data = _cat(parts)
         if len(data["rles"]) > 0:
@@ -199,7 +209,6 @@ class FastAutomaticMaskGenerator:
         crop_size: tuple[int, ...],
         crop_box: list[int],
         orig_size: tuple[int, ...],
-        shared: dict[str, Any],
     ) -> dict[str, Any]:
         from sam2.utils.amg import (
             batched_mask_to_box,
@@ -209,10 +218,9 @@ class FastAutomaticMaskGenerator:
         )
 
         orig_h, orig_w = orig_size
-        # low_res: (P,3,h,w) for the P points with a mask above the IoU threshold;
-        # row_map: flat mask index (point-major, as Meta flattens) -> row of low_res.
-        low_res, iou_preds, row_map = self._decode(points, crop_size, shared)
+        low_res, iou_preds = self._decode(points, crop_size)
         n_masks = iou_preds.shape[1]
+        # Flat mask index = point * n_masks + mask, the order Meta flattens in.
         iou_flat = iou_preds.flatten(0, 1)
         points_flat = points.repeat_interleave(n_masks, dim=0)
         keep = (
@@ -220,21 +228,23 @@ class FastAutomaticMaskGenerator:
             if self.pred_iou_thresh > 0.0
             else torch.ones_like(iou_flat, dtype=torch.bool)
         )
-        # `low_res` holds only points with a surviving mask; map mask rows to it.
-        idx = keep.nonzero().squeeze(1)
-        low_rows = low_res.flatten(0, 1)
+        # Whole points go to full resolution (Meta's layout, see the module
+        # docstring), in order, about `upsample_chunk` masks per call.
+        live_points = keep.view(-1, n_masks).any(dim=1).nonzero().squeeze(1)
+        per_call = max(1, self.upsample_chunk // n_masks)
+        mask_ids = torch.arange(n_masks, device=keep.device)
 
         out: dict[str, list[Any]] = {
             k: [] for k in ("iou_preds", "points", "stability_score", "boxes")
         }
         rles: list[dict[str, Any]] = []
         areas: list[int] = []
-        for start in range(0, len(idx), self.upsample_chunk):
-            sel = idx[start : start + self.upsample_chunk]
-            rows = low_rows[row_map[sel]]
-            logits = self.predictor._transforms.postprocess_masks(rows.unsqueeze(1), crop_size)[
-                :, 0
-            ]
+        for start in range(0, len(live_points), per_call):
+            chunk = live_points[start : start + per_call]
+            flat = (chunk[:, None] * n_masks + mask_ids).flatten()
+            logits = self.predictor._transforms.postprocess_masks(low_res[chunk], crop_size)
+            ok = keep[flat]
+            sel, logits = flat[ok], logits.flatten(0, 1)[ok]
             stability = calculate_stability_score(
                 logits, self.mask_threshold, self.stability_score_offset
             )
@@ -274,133 +284,31 @@ class FastAutomaticMaskGenerator:
         return data
 
     # ------------------------------------------------------------------ decoder
-    def _shared_image_state(self) -> dict[str, Any]:
-        """What every point of this crop shares: image tokens and layer-1 projections."""
-        model = self.predictor.model
-        pe_enc = model.sam_prompt_encoder
-        feats = self.predictor._features
-        image_embed = feats["image_embed"][-1].unsqueeze(0)
-        dense = pe_enc.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, pe_enc.image_embedding_size[0], pe_enc.image_embedding_size[1]
-        )
-        src = image_embed + dense  # Meta: repeat_interleave(image) + dense, per point
-        image_pe = pe_enc.get_dense_pe()
-        keys0 = src.flatten(2).permute(0, 2, 1)
-        pe = image_pe.flatten(2).permute(0, 2, 1)
-        layer = model.sam_mask_decoder.transformer.layers[0]
-        k = keys0 + pe
-        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        return {
-            "src_shape": torch.tensor(src.shape),
-            "keys0": keys0,
-            "pe": pe,
-            "t2i_k": t2i._separate_heads(t2i.k_proj(k), t2i.num_heads),
-            "t2i_v": t2i._separate_heads(t2i.v_proj(keys0), t2i.num_heads),
-            "i2t_q": i2t._separate_heads(i2t.q_proj(k), i2t.num_heads),
-            "high_res": [f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
-        }
-
     def _decode(
-        self, points: torch.Tensor, crop_size: tuple[int, ...], shared: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Meta's `_predict` + `MaskDecoder.predict_masks` for single foreground
-        points, multimask output. Returns low-res logits of the points that have a
-        mask above the IoU threshold, the predicted IoUs of all points, and for
-        each flat (point, mask) index the row of the first result that holds it."""
-        import torch.nn.functional as F
-
+        self, points: torch.Tensor, crop_size: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits (B,3,h,w) and predicted IoUs (B,3) of single foreground
+        points: the calls of Meta's `SAM2ImagePredictor._predict` (multimask,
+        `img_idx=-1`) with the same arguments, without its full-resolution step."""
         model = self.predictor.model
-        dec = model.sam_mask_decoder
+        feats = self.predictor._features
         in_points = self.predictor._transforms.transform_coords(
             points, normalize=True, orig_hw=crop_size
         )
         labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        sparse, _dense = model.sam_prompt_encoder(
+        sparse, dense = model.sam_prompt_encoder(
             points=(in_points[:, None, :], labels[:, None]), boxes=None, masks=None
         )
-        bsz = sparse.shape[0]
-
-        s = 0
-        if dec.pred_obj_scores:
-            output_tokens = torch.cat(
-                [dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], 0
-            )
-            s = 1
-        else:
-            output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
-        output_tokens = output_tokens.unsqueeze(0).expand(bsz, -1, -1)
-        tokens = torch.cat((output_tokens, sparse), dim=1)
-
-        # --- two-way transformer, layer 1 with shared image-side projections
-        tr = dec.transformer
-        layer = tr.layers[0]
-        keys0, pe = shared["keys0"], shared["pe"]
-        queries = layer.self_attn(q=tokens, k=tokens, v=tokens)  # skip_first_layer_pe
-        queries = layer.norm1(queries)
-        t2i = layer.cross_attn_token_to_image
-        q = t2i._separate_heads(t2i.q_proj(queries + tokens), t2i.num_heads)
-        # Materialised per point (cheap: 128 channels): SDPA over a stride-0 batch
-        # takes another path and differs from Meta's in the last bit.
-        kk = shared["t2i_k"].expand(bsz, -1, -1, -1).contiguous()
-        vv = shared["t2i_v"].expand(bsz, -1, -1, -1).contiguous()
-        attn = t2i.out_proj(t2i._recombine_heads(F.scaled_dot_product_attention(q, kk, vv)))
-        queries = layer.norm2(queries + attn)
-        queries = layer.norm3(queries + layer.mlp(queries))
-        i2t = layer.cross_attn_image_to_token
-        qt = queries + tokens
-        k = i2t._separate_heads(i2t.k_proj(qt), i2t.num_heads)
-        v = i2t._separate_heads(i2t.v_proj(queries), i2t.num_heads)
-        qq = shared["i2t_q"].expand(bsz, -1, -1, -1).contiguous()
-        attn = i2t.out_proj(i2t._recombine_heads(F.scaled_dot_product_attention(qq, k, v)))
-        keys = layer.norm4(keys0 + attn)
-        del attn, qq, k, v
-        # --- remaining layers and the final attention: Meta's modules, per point
-        for layer in tr.layers[1:]:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=pe)
-        attn_out = tr.final_attn_token_to_image(q=queries + tokens, k=keys + pe, v=keys)
-        hs = tr.norm_final_attn(queries + attn_out)
-
-        iou_token_out = hs[:, s, :]
-        mask_tokens_out = hs[:, s + 1 : (s + 1 + dec.num_mask_tokens), :]
-        iou_all = dec.iou_prediction_head(iou_token_out)
-        iou_pred = iou_all[:, 1:]  # multimask output
-
-        # --- output upscaling only for points with a mask that can survive
-        if self.pred_iou_thresh > 0.0:
-            point_keep = (iou_pred > self.pred_iou_thresh).any(dim=1)
-            pidx = point_keep.nonzero().squeeze(1)
-        else:
-            pidx = torch.arange(bsz, device=hs.device)
-        row_of_point = torch.full((bsz,), -1, dtype=torch.long, device=hs.device)
-        row_of_point[pidx] = torch.arange(len(pidx), device=hs.device)
-        n_out = iou_pred.shape[1]
-        row_map = row_of_point.repeat_interleave(n_out) * n_out + torch.arange(
-            n_out, device=hs.device
-        ).repeat(bsz)
-        _, c, h, w = shared["src_shape"].tolist()
-        if len(pidx) == 0:
-            return hs.new_zeros((0, n_out, h * 4, w * 4)), iou_pred, row_map
-        sub_keys = keys[pidx] if len(pidx) != bsz else keys
-        sub_tokens = mask_tokens_out[pidx] if len(pidx) != bsz else mask_tokens_out
-        b = sub_keys.shape[0]
-        src = sub_keys.transpose(1, 2).view(b, c, h, w)
-        if not dec.use_high_res_features:
-            upscaled = dec.output_upscaling(src)
-        else:
-            dc1, ln1, act1, dc2, act2 = dec.output_upscaling
-            feat_s0, feat_s1 = shared["high_res"]
-            upscaled = act1(ln1(dc1(src) + feat_s1))
-            upscaled = act2(dc2(upscaled) + feat_s0)
-        hyper_in = torch.stack(
-            [
-                dec.output_hypernetworks_mlps[i](sub_tokens[:, i, :])
-                for i in range(dec.num_mask_tokens)
-            ],
-            dim=1,
+        low_res, iou_preds, _, _ = model.sam_mask_decoder(
+            image_embeddings=feats["image_embed"][-1].unsqueeze(0),
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            repeat_image=in_points.shape[0] > 1,
+            high_res_features=[f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
         )
-        b, c2, h2, w2 = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
-        return masks[:, 1:], iou_pred, row_map
+        return low_res, iou_preds
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:

@@ -1,5 +1,9 @@
-"""worker/fast_amg.py gives Meta's automatic masks: same count, same order, same RLE
-(or, at worst, mask IoU >= 0.99), for the real tiny architecture at 256 px."""
+"""worker/fast_amg.py gives Meta's automatic masks: the same records, field for field
+and bit for bit (RLE, area, box, predicted IoU, stability score), in the same order,
+for the real tiny architecture at 256 px. The generator runs every floating-point step
+whose rounding can depend on the processor as Meta's own call on Meta's shapes, so
+this holds on any CPU; run it under other code paths too, e.g. `MKL_CBWR=COMPATIBLE`
+or `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`."""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
 from tests import oracle
 from tests.conftest import SMALL
 from tests.support import scene
 from worker.fast_amg import FastAutomaticMaskGenerator
+
+WIDTH, HEIGHT = 256, 192
 
 KNOB_SETS: dict[str, dict[str, Any]] = {
     # Every candidate through (NMS at 1.0 keeps all): 8*8 points x 3 masks.
@@ -26,11 +31,16 @@ KNOB_SETS: dict[str, dict[str, Any]] = {
         "box_nms_thresh": 1.0,
     },
     # Thresholds that bite, and a decoder batch that does not divide the points.
+    # Seeded random weights give predicted IoUs of 0.477-0.504 and logits near 0, so
+    # the IoU threshold sits inside that range (points with no mask above it are
+    # never upsampled) and a small stability offset gives scores of 0.5-0.9: about
+    # half the 147 candidates pass both, and box NMS then keeps a handful.
     "thresholds": {
         "points_per_side": 7,
         "points_per_batch": 20,
-        "pred_iou_thresh": 0.45,
-        "stability_score_thresh": 0.6,
+        "pred_iou_thresh": 0.485,
+        "stability_score_thresh": 0.65,
+        "stability_score_offset": 0.01,
         "box_nms_thresh": 0.95,
     },
     # Crop layer: 1 + 4 crops, cross-crop NMS, min_mask_region_area (hole filling).
@@ -46,43 +56,26 @@ KNOB_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _decode(seg: dict[str, Any]) -> np.ndarray:
-    return mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 @pytest.mark.parametrize("name", list(KNOB_SETS))
 def test_fast_generator_matches_meta(tiny_checkpoint: Path, name: str) -> None:
     knobs = KNOB_SETS[name]
-    image = scene(256, 192, seed=3)
+    image = scene(WIDTH, HEIGHT, seed=3)
     direct = oracle.generate(tiny_checkpoint, SMALL, image, **knobs)
     gen = FastAutomaticMaskGenerator(oracle.sam2_model(tiny_checkpoint, SMALL), **knobs)
     oracle._fix_sizes(gen.predictor, SMALL)
     with torch.inference_mode():
         got = gen.generate(image)
 
-    if name != "thresholds":
-        assert len(direct) > 0
-        assert any(0 < d["area"] < 256 * 192 for d in direct)
+    # Something to compare in every case: masks that are neither empty nor the image.
+    assert len(direct) > 0
+    assert any(0 < d["area"] < WIDTH * HEIGHT for d in direct)
+    assert all(d["predicted_iou"] > knobs["pred_iou_thresh"] for d in direct)
+    assert all(d["stability_score"] >= knobs["stability_score_thresh"] for d in direct)
+    differing = [i for i, (g, d) in enumerate(zip(got, direct, strict=False)) if g != d]
+    print(f"{name}: {len(direct)} masks, {len(differing)} not bit-identical to Meta's")
     assert len(got) == len(direct)
-    assert all(set(g) == set(d) for g, d in zip(got, direct, strict=True))
-    for g, d in zip(got, direct, strict=True):
-        if g["segmentation"] != d["segmentation"]:
-            assert _iou(_decode(g["segmentation"]), _decode(d["segmentation"])) >= 0.99
-        assert isinstance(g["segmentation"]["counts"], str)
-        assert g["segmentation"]["size"] == d["segmentation"]["size"]
-        assert g["point_coords"] == d["point_coords"]
-        assert g["crop_box"] == d["crop_box"]
-        assert g["bbox"] == pytest.approx(d["bbox"], abs=1.0)
-        assert g["predicted_iou"] == pytest.approx(d["predicted_iou"], abs=1e-5)
-        assert g["stability_score"] == pytest.approx(d["stability_score"], abs=1e-3)
-    # What this implementation achieves on CPU: the very same RLE and areas.
-    assert [g["segmentation"] for g in got] == [d["segmentation"] for d in direct]
-    assert [g["area"] for g in got] == [d["area"] for d in direct]
+    assert all(isinstance(g["segmentation"]["counts"], str) for g in got)
+    assert not differing, f"records {differing} differ from Meta's"
 
 
 def test_fast_generator_calls_set_image_once_per_crop(tiny_checkpoint: Path) -> None:
