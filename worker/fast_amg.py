@@ -1,55 +1,44 @@
-"""SAM 2's automatic mask generator, same records as Meta's, less work per image.
+"""SAM 2's automatic mask generator: Meta's records, less work per image.
 
 `FastAutomaticMaskGenerator` takes the knobs of Meta's `SAM2AutomaticMaskGenerator`
 (sam2 1.1.0; `multimask_output=True`, `use_m2m=False`, `output_mode="coco_rle"`)
-and returns the same list of records, equal field for field and bit for bit, on
-any CPU.
+and returns Meta's masks in Meta's order. The contract on every CPU, asserted by
+tests/worker/test_fast_amg.py under several CPU code paths: same count, grid points
+and crop boxes in the same order, each mask's IoU with Meta's >= 0.999, predicted
+IoU within 1e-5, stability score within 1e-3. Bit-identical only where measured
+(docs/performance.md): step 1 runs matrix products on (1, 4096, 256) where Meta's
+run on (B, 4096, 256), and a BLAS may order a product's additions differently by
+row count, processor and code path (MKL's generic path, `MKL_CBWR=COMPATIBLE`, does;
+an AVX2-only AMD EPYC flipped one mask pixel). Doing Meta's work on Meta's shapes
+instead kept little of the speed-up where thresholds remove candidates (ibid.).
 
-How identity holds on any processor: every floating-point operation whose rounding
-could depend on the processor or on a tensor's shape or layout is Meta's own call on
-Meta's own tensors. BLAS (MKL) and oneDNN choose their kernels and blocking by
-processor, shape and memory layout, so a matrix product over a shared (1, 4096, 256)
-view rounds like Meta's per-point (B, 4096, 256) product on some CPUs and not on
-others (an earlier version shared the decoder's first-layer projections across
-points; its logits differed from Meta's in the last bit under MKL's generic code
-path, `MKL_CBWR=COMPATIBLE`, and by one mask pixel on an AVX2-only AMD EPYC). So:
+What it does differently (CPU, tiny model, 1024 px: ~90% of a run is the decoder):
 
-- The prompt encoder and the mask decoder are called exactly as Meta's
-  `SAM2ImagePredictor._predict` calls them, on the same decoder batches of
-  `points_per_batch` points: same inputs, shapes and layouts, so the same kernels.
-- Full-resolution logits come from Meta's `postprocess_masks` on Meta's
-  (points, 3, h, w) layout. Bilinear interpolation computes each output pixel from
-  four pixels of its own plane, with no reduction across planes, so the number of
-  points in a call does not change a value; but torch picks its kernel by the
-  channel count and the thread count (with one thread, 3 channels take the
-  channels-last kernel and 1 channel the generic one, which round differently), so
-  whole points keep the 3 channels Meta's call has.
-- Everything after that is exact: comparisons, integer counts (stability score),
-  one correctly rounded division per mask, boxes, padding, RLE.
+1. **Layer 1 of the decoder's two-way transformer is shared.** Before its first
+   image-side update every point sees the same image tokens (image embedding + the
+   "no mask" dense embedding + positional encoding), so the key/value projections
+   of the token->image attention and the query projection of the image->token
+   attention are computed once per crop instead of once per point, and the image
+   embedding is never copied per point (Meta's `repeat_interleave`).
+2. **Output upscaling only where a mask can survive.** The predicted IoU comes from
+   the IoU token alone; the two transposed convolutions, the LayerNorm2d and the
+   hypernetwork product run only for points with at least one mask above
+   `pred_iou_thresh` (Meta's own filter, `iou > thresh` when thresh > 0).
+3. **Full resolution only for those points**, about `upsample_chunk` masks at a
+   time, by Meta's `postprocess_masks` on Meta's (points, 3, h, w) layout: torch
+   picks its interpolation kernel by channel and thread count (one thread: 3
+   channels take the channels-last kernel, 1 the generic one, which rounds
+   differently). Stability, threshold, boxes and crop-edge filter as Meta's.
+4. **Vectorised RLE.** Survivors of a chunk are encoded in one
+   `pycocotools.mask.encode` call on a Fortran-ordered HxWxN uint8 array instead of
+   Meta's per-mask Python loop (same counts for the same masks).
 
-What it does differently (all of it exact, none of it floating-point reordering):
-
-1. **Full resolution only where a mask can survive.** Meta upsamples every
-   candidate of a decoder batch to the crop's full resolution before its IoU
-   filter; here only points with a mask above `pred_iou_thresh` (Meta's own filter,
-   `iou > thresh` when thresh > 0) are upsampled, about `upsample_chunk` masks at a
-   time, which also bounds memory.
-2. **No per-mask Python.** Meta builds uncompressed RLE with a Python loop over
-   change indices per mask, deep-copies those lists whenever batches are
-   concatenated, and compresses them one by one; here the survivors of a chunk are
-   encoded in one `pycocotools.mask.encode` call on a Fortran-ordered HxWxN uint8
-   array (the compressed counts are identical) and areas are pixel counts.
-
-NMS within a crop (`batched_nms` on boxes, predicted IoU as score), the crop boxes
-and the cross-crop NMS (smaller crops preferred) are Meta's, on the same tensors in
-the same order, so the set and order of masks match.
-
-Decoder batches: `points_per_batch` points per decoder call, as in Meta's
-generator, capped at `max_points_per_call` (default 128) to bound memory (the
-decoder holds several B x 4096 x 256 float tensors, ~0.5 GB each at B=128 and
-1024 px). Identity with Meta's generator needs the same batches, so it holds for
-`points_per_batch` <= `max_points_per_call`; above the cap it is not guaranteed.
-The worker's out-of-memory retry that halves `points_per_batch` works here too.
+NMS within a crop, the crop boxes and the cross-crop NMS are Meta's, on the same
+tensors in the same order. Decoder batches: `points_per_batch` points per call, as
+in Meta's generator (so every per-point product has Meta's shape), capped at
+`max_points_per_call` (default 128) to bound memory (~1.5 GB of activations at
+1024 px; larger calls were not faster on CPU); the worker's out-of-memory retry
+that halves `points_per_batch` works here too.
 """
 
 from __future__ import annotations
@@ -177,6 +166,7 @@ class FastAutomaticMaskGenerator:
         self.predictor.set_image(cropped)  # attribute lookup: the pipeline's hook
         points_for_image = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
 
+        shared = self._shared_image_state()
         batch = max(1, min(self.points_per_batch, self.max_points_per_call))
         parts = []
         for start in range(0, len(points_for_image), batch):
@@ -185,7 +175,7 @@ class FastAutomaticMaskGenerator:
                 dtype=torch.float32,
                 device=self.predictor.device,
             )
-            parts.append(self._process_batch(points, crop_size, crop_box, orig_size))
+            parts.append(self._process_batch(points, crop_size, crop_box, orig_size, shared))
         self.predictor.reset_predictor()
         data = _cat(parts)
         if len(data["rles"]) > 0:
@@ -209,6 +199,7 @@ class FastAutomaticMaskGenerator:
         crop_size: tuple[int, ...],
         crop_box: list[int],
         orig_size: tuple[int, ...],
+        shared: dict[str, Any],
     ) -> dict[str, Any]:
         from sam2.utils.amg import (
             batched_mask_to_box,
@@ -218,7 +209,7 @@ class FastAutomaticMaskGenerator:
         )
 
         orig_h, orig_w = orig_size
-        low_res, iou_preds = self._decode(points, crop_size)
+        keys, mask_tokens, iou_preds = self._transformer(points, crop_size, shared)
         n_masks = iou_preds.shape[1]
         # Flat mask index = point * n_masks + mask, the order Meta flattens in.
         iou_flat = iou_preds.flatten(0, 1)
@@ -228,9 +219,13 @@ class FastAutomaticMaskGenerator:
             if self.pred_iou_thresh > 0.0
             else torch.ones_like(iou_flat, dtype=torch.bool)
         )
-        # Whole points go to full resolution (Meta's layout, see the module
-        # docstring), in order, about `upsample_chunk` masks per call.
+        # Upscaling and full resolution only for points with a mask that can
+        # survive; whole points, in order, about `upsample_chunk` masks per call.
         live_points = keep.view(-1, n_masks).any(dim=1).nonzero().squeeze(1)
+        if len(live_points) < len(points):  # no copy of the image tokens when all live
+            keys, mask_tokens = keys[live_points], mask_tokens[live_points]
+        low_res = self._low_res_masks(keys, mask_tokens, shared)
+        del keys
         per_call = max(1, self.upsample_chunk // n_masks)
         mask_ids = torch.arange(n_masks, device=keep.device)
 
@@ -242,7 +237,8 @@ class FastAutomaticMaskGenerator:
         for start in range(0, len(live_points), per_call):
             chunk = live_points[start : start + per_call]
             flat = (chunk[:, None] * n_masks + mask_ids).flatten()
-            logits = self.predictor._transforms.postprocess_masks(low_res[chunk], crop_size)
+            rows = low_res[start : start + per_call]
+            logits = self.predictor._transforms.postprocess_masks(rows, crop_size)
             ok = keep[flat]
             sel, logits = flat[ok], logits.flatten(0, 1)[ok]
             stability = calculate_stability_score(
@@ -259,12 +255,7 @@ class FastAutomaticMaskGenerator:
             boxes = batched_mask_to_box(masks)
             edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
             if not torch.all(edge_ok):
-                masks, sel, stability, boxes = (
-                    masks[edge_ok],
-                    sel[edge_ok],
-                    stability[edge_ok],
-                    boxes[edge_ok],
-                )
+                masks, sel, stability, boxes = (t[edge_ok] for t in (masks, sel, stability, boxes))
             if len(sel) == 0:
                 continue
             areas.extend(int(a) for a in masks.flatten(1).sum(1, dtype=torch.int64).tolist())
@@ -284,31 +275,125 @@ class FastAutomaticMaskGenerator:
         return data
 
     # ------------------------------------------------------------------ decoder
-    def _decode(
-        self, points: torch.Tensor, crop_size: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res logits (B,3,h,w) and predicted IoUs (B,3) of single foreground
-        points: the calls of Meta's `SAM2ImagePredictor._predict` (multimask,
-        `img_idx=-1`) with the same arguments, without its full-resolution step."""
+    def _shared_image_state(self) -> dict[str, Any]:
+        """What every point of this crop shares: image tokens and layer-1 projections."""
         model = self.predictor.model
+        pe_enc = model.sam_prompt_encoder
         feats = self.predictor._features
+        image_embed = feats["image_embed"][-1].unsqueeze(0)
+        dense = pe_enc.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            1, -1, pe_enc.image_embedding_size[0], pe_enc.image_embedding_size[1]
+        )
+        src = image_embed + dense  # Meta: repeat_interleave(image) + dense, per point
+        image_pe = pe_enc.get_dense_pe()
+        keys0 = src.flatten(2).permute(0, 2, 1)
+        pe = image_pe.flatten(2).permute(0, 2, 1)
+        layer = model.sam_mask_decoder.transformer.layers[0]
+        k = keys0 + pe
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        return {
+            "src_shape": torch.tensor(src.shape),
+            "keys0": keys0,
+            "pe": pe,
+            "t2i_k": t2i._separate_heads(t2i.k_proj(k), t2i.num_heads),
+            "t2i_v": t2i._separate_heads(t2i.v_proj(keys0), t2i.num_heads),
+            "i2t_q": i2t._separate_heads(i2t.q_proj(k), i2t.num_heads),
+            "high_res": [f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
+        }
+
+    def _transformer(
+        self, points: torch.Tensor, crop_size: tuple[int, ...], shared: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Meta's `_predict` + `MaskDecoder.predict_masks` up to the upscaling, for
+        single foreground points, multimask output: the image tokens after the
+        transformer (B,4096,256), the mask tokens (B,4,256) and the predicted IoUs
+        of the three multimask outputs (B,3)."""
+        import torch.nn.functional as F
+
+        model = self.predictor.model
+        dec = model.sam_mask_decoder
         in_points = self.predictor._transforms.transform_coords(
             points, normalize=True, orig_hw=crop_size
         )
         labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        sparse, dense = model.sam_prompt_encoder(
+        sparse, _dense = model.sam_prompt_encoder(
             points=(in_points[:, None, :], labels[:, None]), boxes=None, masks=None
         )
-        low_res, iou_preds, _, _ = model.sam_mask_decoder(
-            image_embeddings=feats["image_embed"][-1].unsqueeze(0),
-            image_pe=model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-            repeat_image=in_points.shape[0] > 1,
-            high_res_features=[f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
+        bsz = sparse.shape[0]
+
+        s = 0
+        if dec.pred_obj_scores:
+            output_tokens = torch.cat(
+                [dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], 0
+            )
+            s = 1
+        else:
+            output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
+        output_tokens = output_tokens.unsqueeze(0).expand(bsz, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+
+        # --- two-way transformer, layer 1 with shared image-side projections
+        tr = dec.transformer
+        layer = tr.layers[0]
+        keys0, pe = shared["keys0"], shared["pe"]
+        queries = layer.self_attn(q=tokens, k=tokens, v=tokens)  # skip_first_layer_pe
+        queries = layer.norm1(queries)
+        t2i = layer.cross_attn_token_to_image
+        q = t2i._separate_heads(t2i.q_proj(queries + tokens), t2i.num_heads)
+        # Materialised per point (cheap: 128 channels): SDPA over a stride-0 batch
+        # takes another path and differs from Meta's in the last bit.
+        kk = shared["t2i_k"].expand(bsz, -1, -1, -1).contiguous()
+        vv = shared["t2i_v"].expand(bsz, -1, -1, -1).contiguous()
+        attn = t2i.out_proj(t2i._recombine_heads(F.scaled_dot_product_attention(q, kk, vv)))
+        queries = layer.norm2(queries + attn)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        i2t = layer.cross_attn_image_to_token
+        qt = queries + tokens
+        k = i2t._separate_heads(i2t.k_proj(qt), i2t.num_heads)
+        v = i2t._separate_heads(i2t.v_proj(queries), i2t.num_heads)
+        qq = shared["i2t_q"].expand(bsz, -1, -1, -1).contiguous()
+        attn = i2t.out_proj(i2t._recombine_heads(F.scaled_dot_product_attention(qq, k, v)))
+        keys = layer.norm4(keys0 + attn)
+        del attn, qq, k, v
+        # --- remaining layers and the final attention: Meta's modules, per point
+        for layer in tr.layers[1:]:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=pe)
+        attn_out = tr.final_attn_token_to_image(q=queries + tokens, k=keys + pe, v=keys)
+        hs = tr.norm_final_attn(queries + attn_out)
+
+        iou_token_out = hs[:, s, :]
+        mask_tokens_out = hs[:, s + 1 : (s + 1 + dec.num_mask_tokens), :]
+        iou_pred = dec.iou_prediction_head(iou_token_out)[:, 1:]  # multimask output
+        return keys, mask_tokens_out, iou_pred
+
+    def _low_res_masks(
+        self, keys: torch.Tensor, mask_tokens: torch.Tensor, shared: dict[str, Any]
+    ) -> torch.Tensor:
+        """`predict_masks`' output upscaling and hypernetwork product for the given
+        points: their three multimask low-res logits (P,3,h,w)."""
+        dec = self.predictor.model.sam_mask_decoder
+        _, c, h, w = shared["src_shape"].tolist()
+        b = keys.shape[0]
+        if b == 0:
+            return keys.new_zeros((0, dec.num_mask_tokens - 1, h * 4, w * 4))
+        src = keys.transpose(1, 2).view(b, c, h, w)
+        if not dec.use_high_res_features:
+            upscaled = dec.output_upscaling(src)
+        else:
+            dc1, ln1, act1, dc2, act2 = dec.output_upscaling
+            feat_s0, feat_s1 = shared["high_res"]
+            upscaled = act1(ln1(dc1(src) + feat_s1))
+            upscaled = act2(dc2(upscaled) + feat_s0)
+        hyper_in = torch.stack(
+            [
+                dec.output_hypernetworks_mlps[i](mask_tokens[:, i, :])
+                for i in range(dec.num_mask_tokens)
+            ],
+            dim=1,
         )
-        return low_res, iou_preds
+        b, c2, h2, w2 = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
+        return masks[:, 1:]
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
