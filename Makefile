@@ -1,5 +1,6 @@
 # The two commands of the quick start: `make run` and `make test`.
-# Both create or update .venv first; nothing else needs installing by hand.
+# Both create or update .venv first; `make test` also installs the system programs
+# the tests drive (tests/install-system-packages.sh). Nothing else to do by hand.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,17 +11,30 @@ TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 SAM2_SDIST_SHA256 := 7e0ea252d43c10d853e3acfce0b5770ac683c30481bd6de311300e9d44f45b74
 PYTEST_ARGS ?=
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install system-packages lint typecheck bench clean
 
 run: install
 	$(BIN)/sam2fleet up $(ARGS)
 
-test: install
+test: install system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
+system-packages: install
+	@bash tests/install-system-packages.sh
+	@bash tests/install-kubectl.sh $(VENV)
+
+lint: install typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy resolves modules from folders, not from setuptools' package-dir mapping, so it
+# reads the packages through a tree of links laid out as they install.
+MYPY_TREE := build/mypy-tree
+typecheck: install
+	@rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/sam2fleet
+	@for f in sam2fleet/*.py sam2fleet/*/; do ln -s "$(CURDIR)/$${f%/}" $(MYPY_TREE)/sam2fleet/; done
+	@for d in api worker shared; do ln -s "$(CURDIR)/$$d" $(MYPY_TREE)/sam2fleet/$$d; done
+	cd $(MYPY_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p sam2fleet
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py $(ARGS)
@@ -40,7 +54,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	echo "$(SAM2_SDIST_SHA256)  $(VENV)/sdist/sam2-1.1.0.tar.gz" | sha256sum -c -
 	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation \
 		$(VENV)/sdist/sam2-1.1.0.tar.gz
-	$(BIN)/python -m pip install --quiet -e '.[model,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,model,dev]'
 	touch $@
 
 clean:

@@ -9,14 +9,14 @@ hash, so it reveals nothing usable about the key.
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from shared import apikeys
-from shared.errors import RateLimited, Unauthorized
-from shared.keys import Keys
+from sam2fleet.admin import apikeys
+from sam2fleet.api.ratelimit import RateLimiter
+from sam2fleet.shared.errors import Unauthorized
+from sam2fleet.shared.records import Keys
 
 ANONYMOUS = "anon"
 
@@ -52,19 +52,6 @@ Owner = Annotated[str, Depends(authenticate)]
 
 
 async def check_rate(request: Request, owner: str) -> None:
-    """Fixed one-minute windows in Redis, so the limit holds across API processes."""
-    settings = request.app.state.settings
-    limit = settings.rate_limit_per_minute
-    if limit <= 0:
-        return
-    now = time.time()
-    minute = int(now // 60)
-    key = Keys(settings.key_prefix).rate(owner, minute)
-    redis = request.app.state.service.redis
-    pipe = redis.pipeline(transaction=True)
-    pipe.incr(key)
-    pipe.expire(key, 61)
-    count, _ = await pipe.execute()
-    if count > limit:
-        retry = max(1, int((minute + 1) * 60 - now) + 1)
-        raise RateLimited(f"over {limit} submits per minute for this key", retry)
+    """One submit of this owner against its rate limit (api/ratelimit.py)."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    await limiter.hit(owner)

@@ -6,16 +6,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.service import JobService
-from shared.settings import Settings
+from sam2fleet.api.service import JobService
+from sam2fleet.shared.settings import Settings
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _service(request: Request) -> JobService:
-    return request.app.state.service
+    service: JobService = request.app.state.service
+    return service
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -10,7 +10,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import PayloadTooLarge
+from sam2fleet.shared.errors import PayloadTooLarge
 
 
 class BodyLimitMiddleware:

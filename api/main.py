@@ -1,6 +1,6 @@
 """The gateway: a thin FastAPI app that validates, stores and queues.
 
-Run with `uvicorn api.main:app` (or `sam2fleet api`). It never imports torch.
+Run with `uvicorn sam2fleet.api.main:app` (or `sam2fleet api`). It never imports torch.
 """
 
 from __future__ import annotations
@@ -8,12 +8,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -21,17 +19,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
-from api.limits import BodyLimitMiddleware
-from api.metrics import MetricsMiddleware
-from api.routes import compat, health, images, jobs, models
-from api.service import JobService
-from shared.errors import Sam2FleetError
-from shared.queue import make_celery
-from shared.schemas import JobCreate
-from shared.settings import Settings, get_settings
+from sam2fleet.api import openapi
+from sam2fleet.api.limits import BodyLimitMiddleware
+from sam2fleet.api.metrics import MetricsMiddleware
+from sam2fleet.api.ratelimit import RateLimiter
+from sam2fleet.api.routes import compat, health, images, jobs, models
+from sam2fleet.api.service import JobService
+from sam2fleet.shared.errors import BadRequest, MethodNotAllowed, NotFound, Sam2FleetError
+from sam2fleet.shared.queue import make_celery
+from sam2fleet.shared.settings import Settings, get_settings
 
 log = logging.getLogger("sam2fleet.api")
+_ROUTERS = (jobs.router, images.router, models.router, health.router, compat.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         celery = make_celery(settings)
         app.state.settings = settings
         app.state.service = JobService(settings, client, celery)
+        app.state.rate_limiter = RateLimiter(settings, client)
         yield
         await client.aclose()
         celery.close()
@@ -64,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    for router in (jobs.router, images.router, models.router, health.router, compat.router):
+    for router in _ROUTERS:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware)  # added last: outermost, sees every answer
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     return app
 
 
@@ -89,10 +91,10 @@ async def _fleet_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status, exc.type, exc.message, exc.retry_after)
 
 
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+_HTTP_TYPES = {e.status: e.type for e in (NotFound, MethodNotAllowed, BadRequest)}
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own answers (unknown route, wrong method) in the project's error shape.
     assert isinstance(exc, StarletteHTTPException)
     response = _error(
@@ -100,7 +102,20 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only; a path
+        # served by several routes (GET and DELETE /v1/jobs/{id}) allows them all.
+        response.headers["Allow"] = ", ".join(_methods_on(request))
     return response
+
+
+def _methods_on(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for router in _ROUTERS:
+        for route in router.routes:
+            if isinstance(route, Route) and route.path_regex.match(request.url.path):
+                methods |= route.methods or set()
+    return sorted(methods)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -118,21 +133,6 @@ async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error(500, "internal", "internal error; it has been logged")
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes
-        )
-        # The submit handler parses its body itself (JSON or multipart), so FastAPI
-        # does not see JobCreate; publish its schema for clients and /docs.
-        job_schema = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(job_schema.pop("$defs", {}))
-        components["JobCreate"] = job_schema
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 app = create_app()

@@ -1,7 +1,8 @@
 """The gateway's Prometheus metrics: requests, latency, payloads, queue depth, workers.
 
 `MetricsMiddleware` (pure ASGI, outermost) labels each request by its route
-*template* (`/v1/jobs/{job_id}`, never the raw path) and reads `error.type` from
+*template* (`/v1/jobs/{job_id}`, never the raw path; `unmatched` for any other) and
+its method (`other` for any but the usual seven), and reads `error.type` from
 error answers, so errors raised anywhere (handlers, other middleware) are counted
 the same way. Queue depth and ready workers are read from Redis when `/metrics` is
 scraped. The API runs as one uvicorn process, so the default registry is the whole
@@ -13,18 +14,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
-from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.checkpoints import MODELS
-from shared.logs import JOB_ID
-from shared.metrics import LATENCY_BUCKETS, MODES, SIZE_BUCKETS
-
-if TYPE_CHECKING:
-    from api.service import JobService
+from sam2fleet.shared.errors import error_types
+from sam2fleet.shared.logs import JOB_ID
+from sam2fleet.shared.metrics import LATENCY_BUCKETS, MODES, SIZE_BUCKETS
+from sam2fleet.shared.models import MODELS
+from sam2fleet.shared.records import Heartbeat
 
 REQUESTS = Counter(
     "sam2fleet_http_requests_total",
@@ -70,7 +68,15 @@ for _model in MODELS:
         SUBMITTED.labels(_model, _mode)
 
 _JOB_PATH = re.compile(r"^/v1/jobs/([0-9a-f]{32})$")
+# Every label value comes from a small known set: HTTP servers accept any token as a
+# method, and a label per token would let any client mint series without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "unmatched"
 _ERROR_BODY_LIMIT = 16 * 1024
+# The error tree's types, and the one main.py gives a status Starlette raised that
+# has no type of its own.
+_ERROR_TYPES = error_types() | {"http_error"}
 
 
 def job_submitted(job_id: str, model: str, mode: str) -> None:
@@ -79,16 +85,15 @@ def job_submitted(job_id: str, model: str, mode: str) -> None:
     JOB_ID.set(job_id)
 
 
-async def refresh_fleet_gauges(service: JobService) -> None:
-    """Queue depth and ready workers per model, read from Redis at scrape time."""
-    try:
-        warm = await service.warm_workers()
-        for model in MODELS:
-            QUEUE_DEPTH.labels(model).set(await service.queue_depth(model))
-            WORKERS_READY.labels(model).set(sum(1 for w in warm if w.get("model") == model))
-    except (RedisError, OSError):
+def set_fleet_gauges(queue_depths: dict[str, int] | None, warm: list[Heartbeat]) -> None:
+    """Queue depth and ready workers per model as read from Redis at scrape time;
+    `queue_depths` None: Redis did not answer."""
+    if queue_depths is None:
         REDIS_UP.set(0)
         return
+    for model in MODELS:
+        QUEUE_DEPTH.labels(model).set(queue_depths.get(model, 0))
+        WORKERS_READY.labels(model).set(sum(1 for w in warm if w.model == model))
     REDIS_UP.set(1)
 
 
@@ -129,6 +134,7 @@ class MetricsMiddleware:
         finally:
             route = _route_template(scope)
             method = scope.get("method", "GET")
+            method = method if method in METHODS else OTHER_METHOD
             REQUESTS.labels(route, method, str(status)).inc()
             REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - started)
             REQUEST_BYTES.labels(route, method).observe(received)
@@ -142,7 +148,7 @@ def _route_template(scope: Scope) -> str:
     # has none and is counted as one bounded label value.
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
 def _error_type(chunks: list[bytes] | None, status: int) -> str:
@@ -150,4 +156,4 @@ def _error_type(chunks: list[bytes] | None, status: int) -> str:
         error = json.loads(b"".join(chunks or []))["error"]["type"]
     except (ValueError, KeyError, TypeError):
         return f"http_{status}"
-    return error if isinstance(error, str) and len(error) <= 40 else f"http_{status}"
+    return error if isinstance(error, str) and error in _ERROR_TYPES else f"http_{status}"

@@ -16,9 +16,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from shared.errors import BadRequest, ImageTooLarge, InvalidInput, UnsupportedMediaType
-from shared.schemas import JobCreate, JobSpec
-from shared.settings import Settings
+from sam2fleet.shared.errors import BadRequest, ImageTooLarge, InvalidInput, UnsupportedMediaType
+from sam2fleet.shared.schemas import JobCreate, JobSpec
+from sam2fleet.shared.settings import Settings
 
 T = TypeVar("T", bound=JobSpec)
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,")

@@ -1,8 +1,10 @@
 """What the gateway does with Redis and the queue: no HTTP here.
 
-Accepted work is written in this order: image, job record, then the queue message.
-If the message cannot be sent the record is removed again, so a client told 503
-never leaves a job behind that nobody will run.
+A submit is checked in full first (image, model, prompts, a warm worker, then a
+slot reserved atomically by api/admission.py), and only then written, in this
+order: image, job record, queue message. If the message cannot be sent the record
+is removed again, so a client told 503 never leaves a job behind that nobody will
+run; the image stays for its TTL, content-addressed, for the client's retry.
 """
 
 from __future__ import annotations
@@ -19,35 +21,26 @@ import redis.asyncio as aredis
 from celery import Celery
 from redis.exceptions import RedisError
 
-from api import metrics
-from shared.checkpoints import MODELS
-from shared.errors import (
+from sam2fleet.api import metrics
+from sam2fleet.api.admission import Admission
+from sam2fleet.shared.errors import (
     Conflict,
     IdempotencyConflict,
     InvalidInput,
     InvalidPrompt,
+    JobError,
+    JobTimeout,
     NotFound,
     NoWorkerReady,
-    QueueFull,
     Sam2FleetError,
     Unavailable,
 )
-from shared.images import ProbedImage, probe_image, verify_decodable
-from shared.keys import TERMINAL, Keys, decode_hash, job_public_dict
-from shared.queue import SEGMENT_TASK
-from shared.schemas import JobSpec, Prompt
-from shared.settings import Settings
-
-_CANCEL = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 'missing' end
-if s == 'queued' or s == 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  redis.call('PUBLISH', KEYS[2], 'cancelled')
-  return 'cancelled'
-end
-return s
-"""
+from sam2fleet.shared.images import ProbedImage, probe_image, verify_decodable
+from sam2fleet.shared.models import MODELS
+from sam2fleet.shared.queue import SEGMENT_TASK
+from sam2fleet.shared.records import CANCEL_SCRIPT, Heartbeat, JobRecord, Keys
+from sam2fleet.shared.schemas import ErrorBody, JobSpec, JobStatus, Prompt
+from sam2fleet.shared.settings import Settings
 
 
 class JobService:
@@ -56,13 +49,26 @@ class JobService:
         self.redis = client
         self.celery = celery
         self.keys = Keys(settings.key_prefix)
-        self._cancel = client.register_script(_CANCEL)
+        self._cancel = client.register_script(CANCEL_SCRIPT)
+        self.admission = Admission(settings, client)
 
     # --- images ------------------------------------------------------------------
 
-    async def store_image(self, data: bytes, owner: str) -> ProbedImage:
+    def probe(self, data: bytes) -> ProbedImage:
+        """Everything an image must pass before anything is stored: a known format,
+        size limits read from its header, and a full decode."""
         probed = probe_image(data, max_pixels=self.settings.max_image_pixels)
         verify_decodable(data)
+        return probed
+
+    async def store_image(self, data: bytes, owner: str) -> ProbedImage:
+        """An upload: checked, then stored if Redis has room for it."""
+        probed = self.probe(data)
+        await self.admission.check_storage(len(data))
+        await self._write_image(data, probed, owner)
+        return probed
+
+    async def _write_image(self, data: bytes, probed: ProbedImage, owner: str) -> None:
         key = self.keys.image(owner, probed.image_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
@@ -76,22 +82,39 @@ class JobService:
         )
         pipe.expire(key, self.settings.image_ttl_s)
         await pipe.execute()
-        return probed
 
     async def image_info(self, image_id: str, owner: str) -> ProbedImage | None:
-        key = self.keys.image(owner, image_id)
-        fields = await self.redis.hmget(key, "width", "height", "format")
+        fields = await self.redis.hmget(
+            self.keys.image(owner, image_id), "width", "height", "format"
+        )
         if fields[0] is None:
             return None
-        # A job is about to use it: keep it at least as long as a fresh upload.
-        await self.redis.expire(key, self.settings.image_ttl_s)
         return ProbedImage(image_id, fields[2].decode(), int(fields[0]), int(fields[1]))
+
+    async def _keep_image(self, image: ProbedImage, owner: str, data: bytes | None) -> None:
+        """Store the request's image, or keep an uploaded one at least as long as a
+        fresh upload now that a job will read it."""
+        if data is not None:
+            await self._write_image(data, image, owner)
+        elif not await self.redis.expire(
+            self.keys.image(owner, image.image_id), self.settings.image_ttl_s
+        ):
+            raise InvalidInput(f"image_id {image.image_id} is unknown or expired; upload it again")
 
     # --- jobs ----------------------------------------------------------------------
 
     async def submit(
-        self, spec: JobSpec, image: ProbedImage, owner: str, idempotency_key: str | None = None
+        self,
+        spec: JobSpec,
+        image: ProbedImage,
+        owner: str,
+        idempotency_key: str | None = None,
+        data: bytes | None = None,
     ) -> dict[str, Any]:
+        """Queue a job on `image`: its bytes in `data` when the request brought them,
+        else an uploaded image (`image_info`). Every check (model, prompts, a warm
+        worker, room in Redis and in the queue) comes before anything is stored, so a
+        refused request leaves nothing behind."""
         model = spec.model or self.settings.model
         if model not in MODELS:
             raise InvalidInput(f"unknown model {model!r}; served: {', '.join(sorted(MODELS))}")
@@ -110,14 +133,16 @@ class JobService:
             warm = await self.warm_workers(model)
             if not warm:
                 raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
-            if await self.queue_depth(model) >= self.settings.max_queued_jobs:
-                raise QueueFull(
-                    f"{model} has {self.settings.max_queued_jobs} jobs waiting; retry later"
-                )
-            queue = await self._route(spec, owner, image.image_id, model, warm)
-            return await self._enqueue(job_id, spec, image, owner, model, queue)
+            reservation = await self.admission.reserve(model, len(data or b""))
+            try:
+                await self._keep_image(image, owner, data)
+                queue = await self._route(spec, owner, image.image_id, model, warm)
+                return await self._enqueue(job_id, spec, image, owner, model, queue)
+            finally:
+                # Queued (its message now counts) or refused: the slot goes either way.
+                await self.admission.release(model, reservation)
         except (Sam2FleetError, RedisError):
-            # Refused (no worker, queue full, Redis or the queue unreachable): nothing
+            # Refused (no worker, no room, Redis or the queue unreachable): nothing
             # was accepted, so the key may be used again. A cancelled request leaves the
             # claim in place: its message may already be on the queue.
             if idem_key is not None:
@@ -150,20 +175,10 @@ class JobService:
     async def _enqueue(
         self, job_id: str, spec: JobSpec, image: ProbedImage, owner: str, model: str, queue: str
     ) -> dict[str, Any]:
-        record = {
-            "id": job_id,
-            "status": "queued",
-            "model": model,
-            "mode": spec.mode,
-            "image_id": image.image_id,
-            "owner": owner,
-            "created_at": time.time(),
-            "attempts": 0,
-            "spec": spec.model_dump_json(),
-        }
+        record = JobRecord.new(job_id, spec, model, image.image_id, owner)
         key = self.keys.job(job_id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=record)
+        pipe.hset(key, mapping=record.to_redis())
         pipe.expire(key, self.settings.job_ttl_s)
         await pipe.execute()
         try:
@@ -172,22 +187,22 @@ class JobService:
             await self.redis.delete(key)
             raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
         metrics.job_submitted(job_id, model, spec.mode)
-        return job_public_dict({k: str(v) for k, v in record.items()}, None)
+        return record.public()
 
     async def _route(
-        self, spec: JobSpec, owner: str, image_id: str, model: str, warm: list[dict[str, str]]
+        self, spec: JobSpec, owner: str, image_id: str, model: str, warm: list[Heartbeat]
     ) -> str:
         """The worker holding this image's embedding if it is alive and not backed up
         (image affinity), else the model's shared queue."""
-        shared = self.settings.queue_for(model)
+        shared = self.keys.queue(model)
         if spec.mode != "prompt" or self.settings.affinity_ttl_s <= 0:
             return shared
         held_by = await self.redis.get(self.keys.affinity(model, owner, image_id))
         if held_by is None:
             return shared
-        queue = held_by.decode()
+        queue = str(held_by.decode())
         if (
-            queue in {w.get("queue") for w in warm}
+            queue in {w.queue for w in warm}
             and await self.redis.llen(queue) < self.settings.affinity_max_backlog
         ):
             return queue
@@ -210,33 +225,61 @@ class JobService:
 
     async def get(self, job_id: str, owner: str, wait_s: float = 0.0) -> dict[str, Any]:
         record = await self._record(job_id, owner)
-        if record["status"] not in TERMINAL and wait_s > 0:
+        if not record.terminal and wait_s > 0:
             record = await self._wait(job_id, owner, min(wait_s, self.settings.max_wait_s))
         result = None
-        if record["status"] == "succeeded":
+        if record.status is JobStatus.succeeded:
             result = await self.redis.get(self.keys.result(job_id))
-        return job_public_dict(record, result)
+        return record.public(result)
 
-    async def _record(self, job_id: str, owner: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.keys.job(job_id))
+    async def _record(self, job_id: str, owner: str) -> JobRecord:
+        record = JobRecord.from_redis(await self.redis.hgetall(self.keys.job(job_id)))
         # Another owner's job is answered exactly like a missing one: 404.
-        if not raw or raw.get(b"owner", b"").decode() != owner:
+        if record is None or record.owner != owner:
             raise NotFound(f"no job {job_id} (unknown or expired)")
-        return decode_hash(raw)
+        return record
 
-    async def _wait(self, job_id: str, owner: str, wait_s: float) -> dict[str, str]:
+    async def _wait(self, job_id: str, owner: str, wait_s: float) -> JobRecord:
         # Subscribe before re-reading, so a finish between the two is not missed.
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(self.keys.done(job_id))
             record = await self._record(job_id, owner)
             deadline = time.monotonic() + wait_s
-            while record["status"] not in TERMINAL:
+            while not record.terminal:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
                 record = await self._record(job_id, owner)
         return record
+
+    async def submit_and_wait(
+        self, spec: JobSpec, image: ProbedImage, owner: str, deadline: float, data: bytes | None
+    ) -> dict[str, Any]:
+        """Submit, then wait until the job ends or the `deadline` (time.monotonic())
+        passes: the succeeded job as `get` returns it. A job still unfinished then is
+        cancelled (nobody will collect it) and `JobTimeout` raised; a failed job
+        raises `JobError` with its own error type."""
+        timeout = deadline - time.monotonic()
+        job = await self.submit(spec, image, owner, data=data)
+        while True:
+            job = await self.get(job["id"], owner, max(0.0, deadline - time.monotonic()))
+            if JobStatus(job["status"]).terminal or time.monotonic() >= deadline:
+                break
+        if not JobStatus(job["status"]).terminal:
+            try:
+                await self.cancel(job["id"], owner)
+            except Conflict:
+                job = await self.get(job["id"], owner)  # it ended just now
+        status = JobStatus(job["status"])
+        if status in (JobStatus.queued, JobStatus.running, JobStatus.cancelled):
+            raise JobTimeout(
+                f"job {job['id']} did not finish within {max(timeout, 0):g} s; it was "
+                "cancelled. Retry later, wait longer, or use POST /v1/jobs and poll."
+            )
+        if status is JobStatus.failed:
+            raise JobError(ErrorBody.model_validate(job["error"]))
+        return job
 
     async def cancel(self, job_id: str, owner: str) -> dict[str, Any]:
         await self._record(job_id, owner)  # 404 for another owner's job
@@ -253,30 +296,26 @@ class JobService:
 
     # --- fleet -----------------------------------------------------------------------
 
-    async def workers(self) -> list[dict[str, str]]:
-        found = []
+    async def workers(self) -> dict[str, Heartbeat]:
+        """Workers heard from within the heartbeat window, by name."""
+        found = {}
         now = time.time()
         async for key in self.redis.scan_iter(match=self.keys.workers_pattern(), count=100):
-            fields = decode_hash(await self.redis.hgetall(key))
-            if not fields:
-                continue
-            age = now - float(fields.get("ts", 0))
-            if age <= self.settings.heartbeat_ttl_s:
-                fields["name"] = key.decode().rsplit(":worker:", 1)[1]
-                fields["last_seen_s"] = f"{age:.3f}"
-                found.append(fields)
+            beat = Heartbeat.from_redis(await self.redis.hgetall(key))
+            if beat is not None and beat.age(now) <= self.settings.heartbeat_ttl_s:
+                found[self.keys.worker_name(key.decode())] = beat
         return found
 
-    async def warm_workers(self, model: str | None = None) -> list[dict[str, str]]:
+    async def warm_workers(self, model: str | None = None) -> list[Heartbeat]:
         """Workers that finished their warm-up and were heard from recently."""
         return [
             w
-            for w in await self.workers()
-            if w.get("warm") == "1" and (model is None or w.get("model") == model)
+            for w in (await self.workers()).values()
+            if w.warm and (model is None or w.model == model)
         ]
 
     async def queue_depth(self, model: str) -> int:
-        return int(await self.redis.llen(self.settings.queue_for(model)))
+        return await self.admission.depth(model)
 
 
 def check_prompts(prompts: list[Prompt], image: ProbedImage, settings: Settings) -> None:

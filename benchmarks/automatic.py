@@ -106,9 +106,9 @@ def main() -> None:
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from sam2.build_sam import build_sam2
 
-    from shared.checkpoints import MODELS
-    from worker.fast_amg import FastAutomaticMaskGenerator
-    from worker.weights import write_random_checkpoint
+    from sam2fleet.shared.models import MODELS
+    from sam2fleet.worker.fast_amg import FastAutomaticMaskGenerator
+    from sam2fleet.worker.weights import write_random_checkpoint
 
     spec = MODELS["sam2.1_hiera_tiny"]
     with tempfile.TemporaryDirectory() as tmp:

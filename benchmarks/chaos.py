@@ -34,10 +34,10 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.checkpoints import MODELS  # noqa: E402
+from sam2fleet.shared.models import MODELS  # noqa: E402
+from sam2fleet.worker.weights import write_random_checkpoint  # noqa: E402
 from tests.support import Fleet, RedisServer, encode, fleet_env, scene  # noqa: E402
 from tests.system.client import b64  # noqa: E402
-from worker.weights import write_random_checkpoint  # noqa: E402
 
 PREFIX = "chaos"
 
@@ -205,7 +205,7 @@ def main() -> int:
                 pool.map(lambda j: final_state(fleet.base_url, j, time.monotonic() + 300), accepted)
             )
         audit = redis.Redis.from_url(server.url)
-        writes = [int(audit.hget(f"{PREFIX}:job:{j}", "terminal_writes") or 0) for j in accepted]
+        writes = [int(audit.hget(f"{PREFIX}:job:{j}", "terminal_attempts") or 0) for j in accepted]
         results = [int(audit.exists(f"{PREFIX}:result:{j}")) for j in accepted]
         audit.close()
     finally:

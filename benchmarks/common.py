@@ -7,7 +7,6 @@ call side by side in one run.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -18,15 +17,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.checkpoints import MODELS  # noqa: E402
+from sam2fleet.shared.models import MODELS  # noqa: E402
+from sam2fleet.shared.settings import Settings  # noqa: E402
+from sam2fleet.worker.model import feature_sizes, resolve_device  # noqa: E402
+from sam2fleet.worker.weights import write_random_checkpoint  # noqa: E402
 from tests.support import Fleet, RedisServer, fleet_env  # noqa: E402
-from worker.model import feature_sizes  # noqa: E402
-from worker.weights import write_random_checkpoint  # noqa: E402
 
 TINY = MODELS["sam2.1_hiera_tiny"]
-# The device both sides run on: SAM2FLEET_DEVICE from the environment (e.g. `cuda`),
-# else the CPU. The fleet's workers get the same setting.
-DEVICE = os.environ.get("SAM2FLEET_DEVICE", "cpu")
+# The device both sides run on: the device setting (SAM2FLEET_DEVICE, e.g. `cuda`;
+# `auto` by default, as a worker resolves it), given to the fleet's workers as well.
+DEVICE = str(resolve_device(Settings().device))
 
 
 @contextmanager

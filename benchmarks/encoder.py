@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -26,11 +25,11 @@ from pathlib import Path
 import torch
 from common import ROOT
 
-from shared.checkpoints import MODELS
-from shared.settings import Settings
+from sam2fleet.shared.models import MODELS
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.model import SegmentationModel, resolve_device
+from sam2fleet.worker.weights import write_random_checkpoint
 from tests.support import scene
-from worker.model import SegmentationModel
-from worker.weights import write_random_checkpoint
 
 SHORT = {"tiny": "sam2.1_hiera_tiny", "small": "sam2.1_hiera_small"}
 SHORT |= {"base_plus": "sam2.1_hiera_base_plus", "large": "sam2.1_hiera_large"}
@@ -77,9 +76,10 @@ def main() -> int:
     ap.add_argument("--precisions", nargs="+", default=["fp32"])
     ap.add_argument("--compile", default="off", help="SAM2FLEET_COMPILE_ENCODER mode")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default=os.environ.get("SAM2FLEET_DEVICE", "auto"))
+    ap.add_argument("--device", default=None, help="default: the device setting (auto)")
     ap.add_argument("--out", type=Path, default=None, help="default: results/encoder-DEVICE.json")
     args = ap.parse_args()
+    device_setting = args.device or Settings().device
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +90,7 @@ def main() -> int:
                 settings = Settings(
                     model=spec.name,
                     checkpoint=ckpt,
-                    device=args.device,
+                    device=device_setting,
                     precision=precision,
                     compile_encoder=args.compile,
                     embedding_cache_bytes=0,
@@ -107,7 +107,7 @@ def main() -> int:
                 del model
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-    device = "cuda" if rows and torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    device = resolve_device(device_setting).type
     result = {
         "benchmark": "encoder",
         "machine": {

@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.checkpoints import MODELS  # noqa: E402
+from sam2fleet.shared.models import MODELS  # noqa: E402
+from sam2fleet.worker.weights import write_random_checkpoint  # noqa: E402
 from tests.support import Fleet, RedisServer, encode, fleet_env, scene  # noqa: E402
-from worker.weights import write_random_checkpoint  # noqa: E402
 
 
 def last_bar(stderr: str) -> str:
@@ -43,7 +43,7 @@ def last_bar(stderr: str) -> str:
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[str, str, float]:
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "sam2fleet.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -102,7 +102,6 @@ def main() -> int:
             (tmp / "prompts.jsonl").write_text("\n".join(json.dumps(m) for m in manifest))
             env = {
                 **os.environ,
-                "PYTHONPATH": str(ROOT),
                 "COLUMNS": "100",
                 "SAM2FLEET_SERVER": fleet.base_url,
             }

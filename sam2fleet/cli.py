@@ -1,21 +1,305 @@
-"""The client-side subcommands of `sam2fleet`: `enqueue` and `overlay`.
+"""The `sam2fleet` command: the fleet's processes, its administration, and the client
+tools, in one parser.
 
-`shared/cli.py` registers them and imports this module only when one of them runs,
-so the server commands never load the client, and the client never loads torch.
+Every subcommand imports what it runs only when it runs: the client tools
+(`enqueue`, `overlay`) work on a client-only install without torch, Celery or the
+server packages (there the server commands stop with one line naming the extra to
+install), and the server commands never load the client.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
+import os
 import sys
 from pathlib import Path
-from typing import Any
+
+SERVER_EXTRA = ("server",)
 
 
-def add_enqueue(sub: Any) -> None:
-    from sam2fleet.enqueue import add_arguments
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ModuleNotFoundError as exc:
+        # On a client-only install the server's packages are absent: one line that
+        # says what to install instead of a traceback from deep inside an import.
+        extras: tuple[str, ...] = args.extras
+        missing = (exc.name or "").split(".")[0]
+        if not extras or missing in ("", "sam2fleet"):
+            raise  # no extra brings it: a broken install, or a bug
+        print(missing_extras(args.command, extras, exc.name), file=sys.stderr)
+        return 2
+    return code
+
+
+def missing_extras(command: str, extras: tuple[str, ...], module: str | None) -> str:
+    names = " and ".join(f"`{e}`" for e in extras)
+    return (
+        f"sam2fleet {command}: needs the {names} extra{'s' if len(extras) > 1 else ''}, "
+        f"not installed here (no module named {module!r}): "
+        f"pip install 'sam2fleet[{','.join(extras)}]'"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam2fleet", description=__doc__)
+    # Each subcommand sets `handler`, the function that runs it (not `run`: overlay has
+    # a --run option), and `extras`, what it needs beyond the client-only install.
+    parser.set_defaults(extras=())
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_up(sub)
+    _add_worker(sub)
+    _add_worker_ready(sub)
+    _add_api(sub)
+    _add_checkpoints(sub)
+    _add_keys(sub)
+    _add_enqueue(sub)
+    _add_overlay(sub)
+    return parser
+
+
+# --- the fleet's processes ------------------------------------------------------------
+
+
+def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser("up", help="run Redis, the workers and the API on this machine")
+    up.add_argument("--host", default=None, help="API address (default SAM2FLEET_HOST)")
+    up.add_argument("--port", type=int, default=None, help="API port (default SAM2FLEET_PORT)")
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker count (default: one per visible GPU, else one CPU worker)",
+    )
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var"),
+        help="folder for the Redis data of a Redis started here (default ./var)",
+    )
+    up.add_argument(
+        "--no-download", action="store_true", help="do not fetch a missing checkpoint; fail instead"
+    )
+    up.set_defaults(handler=_up, extras=SERVER_EXTRA)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from sam2fleet.launcher.supervisor import Fleet, say
+    from sam2fleet.shared.models import missing_checkpoint_message
+    from sam2fleet.shared.settings import get_settings
+
+    settings = get_settings()
+    missing = None if settings.random_weights else missing_checkpoint_message(settings)
+    if missing is not None:
+        if args.no_download or settings.checkpoint is not None:
+            say(missing)
+            return 2
+        say(f"no checkpoint for {settings.model}; downloading it first")
+        if _download(settings.model) != 0:
+            say(missing)
+            return 2
+    fleet = Fleet(
+        settings,
+        args.host or settings.host,
+        args.port or settings.port,
+        args.data_dir,
+        workers=args.workers,
+    )
+    return fleet.run()
+
+
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = sub.add_parser("worker", help="run one Celery worker holding one SAM 2 model")
+    worker.add_argument("--name", default="worker", help="Celery node name")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=_worker, extras=(*SERVER_EXTRA, "model"))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from sam2fleet.shared.models import checkpoint_path, missing_checkpoint_message
+    from sam2fleet.shared.records import Keys
+    from sam2fleet.shared.settings import get_settings
+
+    settings = get_settings()
+    if not settings.random_weights:
+        # Before Celery starts: a missing checkpoint is one clear message, not a traceback.
+        missing = missing_checkpoint_message(settings)
+        if missing is not None:
+            print(f"sam2fleet worker: {missing}", file=sys.stderr)
+            return 2
+        print(f"sam2fleet worker: {settings.model} from {checkpoint_path(settings)}", flush=True)
+    else:
+        print(f"sam2fleet worker: {settings.model} (random weights allowed)", flush=True)
+    argv = [
+        "celery",
+        "-A",
+        "sam2fleet.worker.celery_app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "1",  # one model per worker, in a child
+        "-Q",
+        Keys(settings.key_prefix).queue(settings.model),
+        "--hostname",
+        f"{args.name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        args.loglevel,
+    ]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+
+
+def _add_worker_ready(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ready = sub.add_parser(
+        "worker-ready",
+        help="exit 0 when a worker on this host finished its warm-up (a container probe)",
+        description="Reads the heartbeats in Redis: succeeds when a warm worker of "
+        "SAM2FLEET_MODEL on this host was heard from within SAM2FLEET_HEARTBEAT_TTL_S.",
+    )
+    ready.set_defaults(handler=_worker_ready, extras=SERVER_EXTRA)
+
+
+def _worker_ready(args: argparse.Namespace) -> int:
+    from sam2fleet.launcher.worker_ready import run
+
+    return run()
+
+
+def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    api = sub.add_parser("api", help="run the HTTP gateway")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+    api.set_defaults(handler=_api, extras=SERVER_EXTRA)
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sam2fleet.shared.logs import configure_logging
+    from sam2fleet.shared.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_format, "INFO", service="api")
+    # log_config=None: uvicorn's loggers propagate to the root handler set up above.
+    uvicorn.run(
+        "sam2fleet.api.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level="info",
+        proxy_headers=False,
+        log_config=None,
+    )
+    return 0
+
+
+# --- administration ---------------------------------------------------------------------
+
+
+def _add_checkpoints(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ckpt = sub.add_parser("checkpoints", help="manage Meta's SAM 2.1 checkpoints")
+    ckpt.set_defaults(extras=SERVER_EXTRA)
+    ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
+    dl = ckpt_sub.add_parser("download", help="download, resume and verify checkpoints")
+    dl.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a model name, or `all` (default SAM2FLEET_MODEL); `list` shows the names",
+    )
+    dl.set_defaults(handler=_checkpoints_download)
+    ckpt_sub.add_parser("list", help="known models, files and pinned sha256").set_defaults(
+        handler=_checkpoints_list
+    )
+
+
+def _checkpoints_list(args: argparse.Namespace) -> int:
+    from sam2fleet.shared.models import MODELS
+
+    for spec in MODELS.values():
+        print(f"{spec.name:24} {spec.filename:28} {spec.bytes:>12,} B  {spec.sha256}")
+    return 0
+
+
+def _checkpoints_download(args: argparse.Namespace) -> int:
+    from sam2fleet.shared.models import MODELS
+    from sam2fleet.shared.settings import get_settings
+
+    names = list(MODELS) if args.model == "all" else [args.model or get_settings().model]
+    return max(_download(name) for name in names)
+
+
+def _download(name: str) -> int:
+    from sam2fleet.admin.checkpoints import ChecksumMismatch, DownloadError, download_checkpoint
+    from sam2fleet.shared.models import MODELS
+    from sam2fleet.shared.settings import get_settings
+
+    settings = get_settings()
+    spec = MODELS.get(name)
+    if spec is None:
+        print(f"unknown model {name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    try:
+        path = download_checkpoint(
+            spec, settings.checkpoint_dir, base_url=settings.checkpoint_base_url
+        )
+    except ChecksumMismatch as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except DownloadError as exc:
+        print(f"download failed (run the command again to resume): {exc}", file=sys.stderr)
+        return 1
+    print(f"{spec.name}: {path} (sha256 verified)")
+    return 0
+
+
+def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="manage API keys (stored in Redis as sha256 digests)")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="make a key; it is printed once, never stored")
+    create.add_argument("name", help="who the key is for (shown in `keys list`)")
+    keys_sub.add_parser("list", help="names and digests of the keys in Redis")
+    revoke = keys_sub.add_parser("revoke", help="remove keys by name or digest prefix")
+    revoke.add_argument("name_or_digest")
+    hash_ = keys_sub.add_parser("hash", help="the digest of a key, for SAM2FLEET_API_KEY_HASHES")
+    hash_.add_argument("key")
+    keys.set_defaults(handler=_keys, extras=SERVER_EXTRA)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import redis
+
+    from sam2fleet.admin import apikeys
+    from sam2fleet.shared.records import Keys
+    from sam2fleet.shared.settings import get_settings
+
+    if args.action == "hash":
+        print(apikeys.digest(args.key))
+        return 0
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    keys = Keys(settings.key_prefix)
+    if args.action == "create":
+        key, digest = apikeys.create(client, keys, args.name)
+        print(f"key for {args.name} (shown once; only its sha256 is stored):\n{key}")
+        print(f"sha256: {digest}", file=sys.stderr)
+    elif args.action == "list":
+        for name, digest in apikeys.list_keys(client, keys):
+            print(f"{name:24} {digest}")
+    else:
+        removed = apikeys.revoke(client, keys, args.name_or_digest)
+        print(f"revoked {removed} key(s)")
+        return 0 if removed else 1
+    return 0
+
+
+# --- client tools (no torch, no Celery, no server packages) -----------------------------
+
+
+def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sam2fleet.enqueue.arguments import add_arguments
 
     p = sub.add_parser(
         "enqueue",
@@ -25,9 +309,16 @@ def add_enqueue(sub: Any) -> None:
         "same --out resumes: done images are skipped, failed ones retried.",
     )
     add_arguments(p)
+    p.set_defaults(handler=_enqueue)
 
 
-def add_overlay(sub: Any) -> None:
+def _enqueue(args: argparse.Namespace) -> int:
+    from sam2fleet.enqueue.command import main as enqueue_main
+
+    return enqueue_main(args)
+
+
+def _add_overlay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "overlay",
         help="draw one job's masks and prompts over its image",
@@ -61,96 +352,14 @@ def add_overlay(sub: Any) -> None:
     )
     p.add_argument("--server", default=None, help="API base URL (default SAM2FLEET_SERVER)")
     p.add_argument("--api-key", default=None, help="API key (default SAM2FLEET_API_KEY)")
+    p.set_defaults(handler=_overlay)
 
 
-def enqueue(args: argparse.Namespace) -> int:
-    from sam2fleet.enqueue import main
+def _overlay(args: argparse.Namespace) -> int:
+    from sam2fleet.overlay import run_command
 
-    return main(args)
-
-
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+    return run_command(args)
 
 
-def _find_in_run(run: Path, job_id: str) -> Path | None:
-    for path in sorted((run / "jobs").glob("*.json")):
-        try:
-            if json.loads(path.read_text())["job"]["id"] == job_id:
-                return path
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-def overlay(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from sam2fleet.client import ApiError, Client
-    from sam2fleet.overlay import overlay_from_result
-
-    target = Path(args.target)
-    prompts: list[dict[str, Any]] | None = json.loads(args.prompts) if args.prompts else None
-    image_path: Path | None = args.image
-    if not target.is_file() and args.run is not None:
-        found = _find_in_run(args.run, args.target)
-        if found is None:
-            print(f"sam2fleet overlay: no job {args.target} in {args.run}/jobs", file=sys.stderr)
-            return 2
-        target = found
-    if target.is_file():
-        data = json.loads(target.read_text())
-        if "item" in data and "job" in data:  # an enqueue record knows image and prompts
-            job = data["job"]
-            image_path = image_path or Path(data["item"]["path"])
-            prompts = prompts if prompts is not None else data["spec"].get("prompts")
-        else:
-            job = data
-        default_out = target.with_suffix(".overlay.png")
-    elif _JOB_ID.match(args.target):
-        try:
-            with Client(args.server, args.api_key) as client:
-                job = client.get(args.target).raw
-        except ApiError as exc:
-            print(f"sam2fleet overlay: {exc}", file=sys.stderr)
-            return 2
-        default_out = Path(f"{args.target}.overlay.png")
-    else:
-        print(f"sam2fleet overlay: {args.target} is neither a file nor a job id", file=sys.stderr)
-        return 2
-    if job.get("status") != "succeeded" or not job.get("result"):
-        err = job.get("error") or {}
-        print(
-            f"sam2fleet overlay: job {job.get('id')} is {job.get('status')}"
-            f"{': ' + err.get('message', '') if err else ''}; nothing to draw",
-            file=sys.stderr,
-        )
-        return 1
-    if image_path is None:
-        print(
-            "sam2fleet overlay: the API does not return images; pass --image FILE", file=sys.stderr
-        )
-        return 2
-    with Image.open(image_path) as img:
-        size = job["result"]["image"]
-        if img.size != (size["width"], size["height"]) and img.size != (
-            size["height"],
-            size["width"],
-        ):
-            print(
-                f"sam2fleet overlay: {image_path} is {img.size[0]}x{img.size[1]}, the job's "
-                f"image was {size['width']}x{size['height']}",
-                file=sys.stderr,
-            )
-            return 2
-        pic = overlay_from_result(
-            img,
-            job["result"],
-            prompts=prompts,
-            best_only=not args.all_candidates,
-            min_size=args.min_size,
-        )
-    out = args.out or default_out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pic.save(out, optimize=True)
-    print(f"{out} ({pic.width}x{pic.height}, {len(job['result']['masks'])} masks)")
-    return 0
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,7 +83,8 @@ def build(
     records = list(records)
     named = [r["item"].get("image_id") for r in records]
     next_id = max((i for i in named if isinstance(i, int)), default=0) + 1
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for r in records:
         image_id = r["item"].get("image_id")
         if not isinstance(image_id, int):

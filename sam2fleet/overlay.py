@@ -8,7 +8,12 @@ grid point that produced them as a small white dot.
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +50,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of the mask that touch a pixel outside it (4-neighbourhood)."""
     m = np.pad(mask, 1, constant_values=False)
     inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return mask & ~inner
+    edge: np.ndarray = mask & ~inner
+    return edge
 
 
 def _thicken(edge: np.ndarray, radius: int) -> np.ndarray:
@@ -87,11 +93,11 @@ def draw_overlay(
         m = masks[i].astype(bool)
         if m.shape != (h, w):
             raise ValueError(f"mask {i} is {m.shape[::-1]}, image is {w}x{h}")
-        c = np.array(colour(groups[i]), dtype=np.float32)
-        arr[m] = arr[m] * (1 - alpha) + c * alpha
+        tint = np.array(colour(groups[i]), dtype=np.float32)
+        arr[m] = arr[m] * (1 - alpha) + tint * alpha
         e = _thicken(_outline(m), max(0, round(min(w, h) / 400)))
         edges |= e
-        edge_rgb[e] = c
+        edge_rgb[e] = tint
     arr[edges] = edge_rgb[edges]
     out = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
     if scale > 1:
@@ -180,3 +186,90 @@ def overlay_from_result(
         grid_points=[(m.get("point_coords") or [None])[0] for m in records],
         min_size=min_size,
     )
+
+
+# --- the `sam2fleet overlay` command ------------------------------------------------
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _find_in_run(run: Path, job_id: str) -> Path | None:
+    for path in sorted((run / "jobs").glob("*.json")):
+        try:
+            if json.loads(path.read_text())["job"]["id"] == job_id:
+                return path
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`sam2fleet overlay`: see the subcommand's help in sam2fleet/cli.py."""
+    from sam2fleet.client import ApiError, Client
+
+    target = Path(args.target)
+    prompts: list[dict[str, Any]] | None = json.loads(args.prompts) if args.prompts else None
+    image_path: Path | None = args.image
+    if not target.is_file() and args.run is not None:
+        found = _find_in_run(args.run, args.target)
+        if found is None:
+            print(f"sam2fleet overlay: no job {args.target} in {args.run}/jobs", file=sys.stderr)
+            return 2
+        target = found
+    if target.is_file():
+        data = json.loads(target.read_text())
+        if "item" in data and "job" in data:  # an enqueue record knows image and prompts
+            job = data["job"]
+            image_path = image_path or Path(data["item"]["path"])
+            prompts = prompts if prompts is not None else data["spec"].get("prompts")
+        else:
+            job = data
+        default_out = target.with_suffix(".overlay.png")
+    elif _JOB_ID.match(args.target):
+        try:
+            with Client(args.server, args.api_key) as client:
+                job = client.get(args.target).raw
+        except ApiError as exc:
+            print(f"sam2fleet overlay: {exc}", file=sys.stderr)
+            return 2
+        default_out = Path(f"{args.target}.overlay.png")
+    else:
+        print(f"sam2fleet overlay: {args.target} is neither a file nor a job id", file=sys.stderr)
+        return 2
+    if job.get("status") != "succeeded" or not job.get("result"):
+        err = job.get("error") or {}
+        print(
+            f"sam2fleet overlay: job {job.get('id')} is {job.get('status')}"
+            f"{': ' + err.get('message', '') if err else ''}; nothing to draw",
+            file=sys.stderr,
+        )
+        return 1
+    if image_path is None:
+        print(
+            "sam2fleet overlay: the API does not return images; pass --image FILE", file=sys.stderr
+        )
+        return 2
+    with Image.open(image_path) as img:
+        size = job["result"]["image"]
+        if img.size != (size["width"], size["height"]) and img.size != (
+            size["height"],
+            size["width"],
+        ):
+            print(
+                f"sam2fleet overlay: {image_path} is {img.size[0]}x{img.size[1]}, the job's "
+                f"image was {size['width']}x{size['height']}",
+                file=sys.stderr,
+            )
+            return 2
+        pic = overlay_from_result(
+            img,
+            job["result"],
+            prompts=prompts,
+            best_only=not args.all_candidates,
+            min_size=args.min_size,
+        )
+    out = args.out or default_out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pic.save(out, optimize=True)
+    print(f"{out} ({pic.width}x{pic.height}, {len(job['result']['masks'])} masks)")
+    return 0

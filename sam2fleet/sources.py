@@ -219,7 +219,8 @@ def _coco(path: Path, images_dir: Path | None) -> Source:
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for ann in data.get("annotations") or []:
         by_image.setdefault(ann.get("image_id"), []).append(ann)
-    items, skipped = [], []
+    items: list[Item] = []
+    skipped: list[tuple[str, str]] = []
     for img in data["images"]:
         name = img["file_name"]
         w, h = img.get("width"), img.get("height")

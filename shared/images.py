@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shared.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from sam2fleet.shared.errors import ImageTooLarge, InvalidImage, UnsupportedImage
 
 ACCEPTED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # EXIF orientations 5-8 rotate by 90° or 270°, so width and height swap on display.

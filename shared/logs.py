@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from shared.queue import SEGMENT_TASK
+from sam2fleet.shared.queue import SEGMENT_TASK
 
 JOB_ID: ContextVar[str | None] = ContextVar("sam2fleet_job_id", default=None)
 

@@ -8,7 +8,7 @@ No torch here: the API imports this module.
 
 from __future__ import annotations
 
-from shared.errors import Sam2FleetError
+from sam2fleet.shared.errors import Sam2FleetError
 
 # From 1 ms (a prompt decoded against a cached embedding on a GPU) to 10 min (a
 # large automatic job on a CPU): fine steps below 100 ms where interactive jobs live,
@@ -52,8 +52,8 @@ OUTCOMES = ("succeeded", "failed", "cancelled", "skipped", "discarded")
 
 
 def error_types() -> list[str]:
-    """Every `error.type` a job or a request can carry: the error tree plus `timeout`."""
-    seen: set[str] = {"timeout", "internal", "worker_crashed"}
+    """Every `error.type` a job or a request can carry: the error tree."""
+    seen: set[str] = set()
     todo: list[type[Sam2FleetError]] = [Sam2FleetError]
     while todo:
         cls = todo.pop()

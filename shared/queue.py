@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shared.settings import Settings
+from sam2fleet.shared.records import Keys
+from sam2fleet.shared.settings import Settings
 
 SEGMENT_TASK = "sam2fleet.segment"
 
@@ -48,7 +49,7 @@ def make_celery(settings: Settings) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        task_default_queue=settings.queue_for(settings.model),
+        task_default_queue=Keys(settings.key_prefix).queue(settings.model),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,

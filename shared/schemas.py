@@ -120,8 +120,22 @@ class JobCreate(JobSpec):
 
 
 class ErrorBody(BaseModel):
-    type: str
-    message: str
+    type: str = Field(description='Stable name of the error (README, "Errors").')
+    message: str = Field(description="What went wrong, for people.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of the API."""
+
+    error: ErrorBody
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    redis: bool = Field(description="Redis answered.")
+    workers: int = Field(description="Warm workers heard from within the heartbeat window.")
+    models: list[str] | None = Field(None, description="Models they serve (when ready).")
+    reason: str | None = Field(None, description="Why not ready (when unavailable).")
 
 
 class ImageInfo(BaseModel):

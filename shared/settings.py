@@ -29,6 +29,13 @@ class Settings(BaseSettings):
         "sam2fleet",
         description="Prefix of every Redis key and queue name, so fleets can share one Redis.",
     )
+    redis_maxmemory_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="`maxmemory` of the Redis that `sam2fleet up` starts itself (with "
+        "`noeviction`: a full Redis refuses writes instead of dropping jobs); 0: no cap. "
+        "A Redis found at redis_url keeps its own configuration.",
+    )
 
     # --- model ---------------------------------------------------------------
     model: str = Field(
@@ -253,14 +260,24 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(
         1000,
         ge=1,
-        description="Jobs waiting in one model's queue beyond which submits get 503 with "
-        "Retry-After.",
+        description="Jobs waiting for one model's workers (its shared and private queues, "
+        "and submits being admitted) beyond which submits get 503 with Retry-After; checked "
+        "and reserved in one atomic step, so it holds across API processes.",
     )
     rate_limit_per_minute: int = Field(
         0,
         ge=0,
-        description="Submits (jobs and uploads) per API key per minute, counted in Redis "
-        "across all API processes; 429 with Retry-After beyond it. 0: no limit.",
+        description="Submits (jobs and uploads) per API key in any 60 seconds (a sliding "
+        "window in Redis, shared by all API processes); 429 with Retry-After beyond it. "
+        "0: no limit.",
+    )
+    redis_memory_high_water: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of Redis's `maxmemory` above which new jobs and uploads get 503 "
+        "`storage_full` with Retry-After, keeping the rest for the results of jobs already "
+        "accepted. No effect on a Redis without maxmemory.",
     )
     idempotency_ttl_s: int = Field(
         86400, ge=1, description="How long an Idempotency-Key is remembered."
@@ -294,14 +311,6 @@ class Settings(BaseSettings):
         if self.batch_max_size:
             return self.batch_max_size
         return 8 if device_type == "cuda" else 1
-
-    def queue_for(self, model: str) -> str:
-        return f"{self.key_prefix}.{model}"
-
-    def private_queue(self, node: str, supervisor_pid: int) -> str:
-        """A worker's own queue, for jobs on images whose embedding it holds. Named per
-        supervisor process: a restarted worker has an empty cache and a new queue."""
-        return f"{self.queue_for(self.model)}.w.{node}-{supervisor_pid}"
 
 
 @lru_cache

@@ -3,6 +3,7 @@ whole fleet per module: a real Celery worker process and real HTTP."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,14 @@ from tests.support import Fleet, RedisServer, fleet_env
 
 SEED = 1234
 SMALL = 256  # reduced input size for fast CPU tests; one test module runs at 1024
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite states every setting it relies on: a developer's own `SAM2FLEET_*`
+    environment (a Redis URL, API keys, a device) must not reach the `Settings` the
+    tests build, nor the processes they start."""
+    for name in [n for n in os.environ if n.startswith("SAM2FLEET_")]:
+        del os.environ[name]
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +41,8 @@ def prefix() -> str:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real tiny architecture, seeded random weights, Meta's {"model": ...} format."""
-    from shared.checkpoints import MODELS
-    from worker.weights import write_random_checkpoint
+    from sam2fleet.shared.models import MODELS
+    from sam2fleet.worker.weights import write_random_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny-random.pt"
     return write_random_checkpoint(MODELS["sam2.1_hiera_tiny"], path, SEED)

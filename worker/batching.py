@@ -1,5 +1,9 @@
 """Cross-job batching: take more waiting prompt jobs, encode their images together.
 
+`Gatherer` takes the messages; `BatchRunner` runs the task's own job and the taken
+ones: cached images first, the rest through the image encoder in one forward pass,
+then each job on its own through the job runner (worker/jobs.py).
+
 Celery hands a worker one message at a time (prefetch 1, acks late: a dead worker
 strands at most one job). To batch, the task holding that one job moves further
 messages of waiting prompt jobs straight out of the Redis queues, atomically
@@ -22,15 +26,22 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 import numpy as np
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.errors import Sam2FleetError
-from shared.images import decode_rgb
-from shared.queue import SEGMENT_TASK
-from worker.model import SegmentationModel
-from worker.pipeline import Encoded
-from worker.store import JobStore
+from sam2fleet.shared.errors import JobTimeout, Sam2FleetError
+from sam2fleet.shared.images import decode_rgb
+from sam2fleet.shared.queue import SEGMENT_TASK
+from sam2fleet.shared.records import JobRecord
+from sam2fleet.worker import admission, failures
+from sam2fleet.worker.jobs import CacheKey, JobRunner, Outcome
+from sam2fleet.worker.model import SegmentationModel
+from sam2fleet.worker.pipeline import Encoded
+from sam2fleet.worker.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +53,7 @@ class Taken:
     """A job taken into a batch, its Celery message held in the in-flight list."""
 
     job_id: str
-    record: dict[str, str]
+    record: JobRecord
     message: bytes
 
 
@@ -56,8 +67,12 @@ class Gatherer:
         inflight: str,
         max_size: int,
         wait_s: float,
+        start: Callable[[str], JobRecord | None] | None = None,
     ) -> None:
         self.store = store
+        # How a taken job is started: the job runner's start in a worker, so the
+        # metrics count batched jobs too.
+        self.start = start or store.start
         self.redis = store.redis
         self.queues = queues  # searched in order: this worker's own queue first
         self.shared_queue = shared_queue
@@ -77,7 +92,7 @@ class Gatherer:
                     got = self._take_one(queue)
                     if got is None:
                         exhausted.add(queue)
-                    elif got is not False:
+                    elif got != "dropped":
                         taken.append(got)
             if len(taken) >= room or time.monotonic() >= deadline:
                 break
@@ -85,9 +100,9 @@ class Gatherer:
             exhausted.clear()  # look again: more may have arrived while waiting
         return taken
 
-    def _take_one(self, queue: str) -> Taken | None | bool:
-        """A started job; False when the message was dropped (its job needs no run);
-        None when the queue is empty or its head is not ours to batch."""
+    def _take_one(self, queue: str) -> Taken | Literal["dropped"] | None:
+        """A started job; "dropped" when the message was dropped (its job needs no
+        run); None when the queue is empty or its head is not ours to batch."""
         message = self.redis.lmove(queue, self.inflight, "RIGHT", "LEFT")
         if message is None:
             return None
@@ -98,10 +113,10 @@ class Gatherer:
             # head of its queue for Celery to deliver as usual; stop looking there.
             self.redis.lmove(self.inflight, queue, "LEFT", "RIGHT")
             return None
-        record = self.store.start(job_id)
+        record = self.start(job_id)
         if record is None:  # cancelled, finished, expired or out of attempts
             self.done(message)
-            return False
+            return "dropped"
         return Taken(job_id, record, message)
 
     def done(self, message: bytes) -> None:
@@ -133,11 +148,122 @@ def _job_id(message: bytes) -> str | None:
     return job_id if isinstance(job_id, str) and job_id else None
 
 
+class BatchRunner:
+    """Runs a prompt job together with the prompt jobs waiting behind it."""
+
+    def __init__(self, runner: JobRunner, gatherer: Gatherer) -> None:
+        self.runner = runner
+        self.gatherer = gatherer
+
+    def run(self, job_id: str, record: JobRecord) -> Outcome:
+        """The task's own (started) job, with as many more as the batch takes now;
+        alone when none are waiting."""
+        taken = self.gatherer.take(self.gatherer.max_size - 1)
+        if not taken:
+            return self.runner.settle(job_id, record)
+        return self._run_batch(job_id, record, taken)
+
+    def _run_batch(self, job_id: str, record: JobRecord, taken: list[Taken]) -> Outcome:
+        """Cached images answered first, the rest encoded in one forward pass, each job
+        then decoded and written on its own. The task's own job always ends here with
+        a terminal state; a taken job ends either so or back in the shared queue
+        (never only in this process's memory)."""
+        runner, gatherer = self.runner, self.gatherer
+        messages = {t.job_id: t.message for t in taken}
+        pending = [(job_id, record)] + [(t.job_id, t.record) for t in taken]
+        outcomes: dict[str, Outcome] = {}
+        log.info("job %s: batched with %d more prompt job(s)", job_id, len(taken))
+
+        def finish(jobs: list[tuple[str, JobRecord]], encoded: dict[str, Encoded | None]) -> bool:
+            """Run and write these jobs in order; False once one ran out of time."""
+            for jid, rec in jobs:
+                outcomes[jid] = runner.settle(jid, rec, encoded.get(jid))
+                pending.remove((jid, rec))
+                if jid in messages:
+                    gatherer.done(messages.pop(jid))
+                    runner.end(jid, outcomes[jid])
+                if outcomes[jid] == "timeout":
+                    return False
+            return True
+
+        try:
+            # Clicks on images already embedded cost milliseconds; never make them
+            # wait for the encoder pass over the others.
+            cached = [j for j in pending if runner.cache_key(j[1]) in runner.model.cache]
+            if finish(cached, {}):
+                try:
+                    by_image: dict[CacheKey, Encoded] | None = self._encode_pending(pending)
+                except SoftTimeLimitExceeded:
+                    by_image = None  # the task's own job fails below, the others go back
+                if by_image is not None:
+                    encoded = {jid: by_image.get(runner.cache_key(rec)) for jid, rec in pending}
+                    finish(list(pending), encoded)
+        finally:
+            # Stopped early (a time limit): taken jobs left over run again elsewhere.
+            # The task's own message is acknowledged when the task returns, so its
+            # job must end here.
+            for jid, _ in pending:
+                if jid in messages:
+                    gatherer.give_back(messages.pop(jid))
+                    runner.end(jid, "given back")
+                elif jid == job_id:
+                    runner.fail(job_id, JobTimeout("the job's batch ran past its time limit"))
+        return outcomes.get(job_id, "failed")
+
+    def _encode_pending(self, pending: list[tuple[str, JobRecord]]) -> dict[CacheKey, Encoded]:
+        """Decode each distinct image of the pending jobs once, encode them together.
+        Anything that goes wrong here leaves the jobs to encode alone, where the error
+        (a bad image, out of memory) is reported against the job it belongs to."""
+        runner, model, settings = self.runner, self.runner.model, self.runner.settings
+        loaders: dict[CacheKey, Callable[[], bytes | None]] = {}
+        for jid, rec in pending:
+            key = runner.cache_key(rec)
+            if key in loaders or runner.store.status(jid) == "cancelled":
+                continue
+            loaders[key] = partial(runner.store.image_bytes, rec.owner, rec.image_id)
+        images = decode_all(loaders, settings.max_image_pixels)
+        if len(images) < 2 or not self._fits(len(images), pending[0][1]):
+            return {}  # each job takes the ordinary path
+        try:
+            return encode_together(model, images, settings.embedding_cache_bytes > 0)
+        except torch.OutOfMemoryError:
+            log.warning(
+                "batched encode of %d images ran out of memory; encoding alone", len(images)
+            )
+            failures.release_memory(model.cache)
+            return {}
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:
+            failures.exit_if_cuda_error(exc, pending[0][0], runner.store, runner.worker)
+            log.exception("batched encode failed; encoding alone")
+            return {}
+
+    def _fits(self, images: int, record: JobRecord) -> bool:
+        """Whether the encoder's pass over `images` fits the memory budget."""
+        budget = self.runner.budget()
+        if budget <= 0:
+            return True
+        model = self.runner.model
+        need = admission.estimate_bytes(
+            model.stamp.name,
+            (0, 0),  # the encoder's share: the same for any image size
+            record.spec,
+            image_size=model.image_size,
+            batch=images,
+            precision=model.precision,
+        )
+        if need > budget:
+            log.info("a batch of %d images would not fit the memory budget", images)
+            return False
+        return True
+
+
 def encode_together(
     model: SegmentationModel,
-    images: dict[tuple[str, ...], tuple[np.ndarray, float]],
+    images: dict[CacheKey, tuple[np.ndarray, float]],
     cache: bool,
-) -> dict[tuple[str, ...], Encoded]:
+) -> dict[CacheKey, Encoded]:
     """One forward pass over every decoded image (keyed by cache key, with its decode
     seconds); each embedding is also cached when the cache is on."""
     keys = list(images)
@@ -153,8 +279,8 @@ def encode_together(
 
 
 def decode_all(
-    loaders: dict[tuple[str, ...], Callable[[], bytes | None]], max_pixels: int
-) -> dict[tuple[str, ...], tuple[np.ndarray, float]]:
+    loaders: dict[CacheKey, Callable[[], bytes | None]], max_pixels: int
+) -> dict[CacheKey, tuple[np.ndarray, float]]:
     """Fetch and decode every image of a batch, several at once (Pillow releases the
     GIL while it decodes), so the host's cores prepare the batch in parallel while
     the device waits. Each decoded image with its decode seconds; an image that is

@@ -1,6 +1,6 @@
 """The worker's Celery app: model loaded once per pool process, never at import.
 
-Run as `celery -A worker.celery_app worker --pool prefork --concurrency 1`
+Run as `celery -A sam2fleet.worker.celery_app worker --pool prefork --concurrency 1`
 (`sam2fleet worker` does this). The model lives in the pool's child process, so
 the supervising parent can replace it if it dies, and the parent notices a child
 killed mid-job and requeues that job (acks late + reject on worker lost).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 # Before torch touches CUDA: with image sizes that vary job to job, expandable
 # segments keep the caching allocator from fragmenting into many odd-sized blocks.
@@ -26,9 +27,10 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from shared.queue import make_celery
-from shared.settings import get_settings
-from worker import (
+from sam2fleet.shared.queue import make_celery
+from sam2fleet.shared.records import Keys
+from sam2fleet.shared.settings import get_settings
+from sam2fleet.worker import (
     observability,  # noqa: F401  signal hooks: node name, logs, job id
     runtime,
 )
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 app = make_celery(get_settings())
 
-import worker.tasks  # noqa: E402,F401  registers the task on this app
+import sam2fleet.worker.tasks  # noqa: E402,F401  registers the task on this app
 
 
 @worker_init.connect
@@ -45,8 +47,8 @@ def _check_weights(**_: object) -> None:
     # Fail fast in the supervising process: a missing checkpoint should stop the
     # worker with a clear message, not make the pool respawn children forever.
     # Celery swallows exceptions raised here and then hangs, hence the hard exit.
-    from shared.errors import ModelUnavailable
-    from worker.weights import resolve_weights
+    from sam2fleet.shared.errors import ModelUnavailable
+    from sam2fleet.worker.weights import resolve_weights
 
     try:
         resolve_weights(get_settings())
@@ -61,9 +63,8 @@ def _consume_private_queue(sender: str, instance: object, **_: object) -> None:
     # Besides the model's shared queue, each worker takes jobs routed to it alone
     # because it holds their image's embedding (image affinity).
     settings = get_settings()
-    instance.app.amqp.queues.select_add(  # type: ignore[attr-defined]
-        settings.private_queue(sender, os.getpid())
-    )
+    queue = Keys(settings.key_prefix).private_queue(settings.model, sender, os.getpid())
+    instance.app.amqp.queues.select_add(queue)  # type: ignore[attr-defined]
 
 
 @worker_process_init.connect
@@ -80,7 +81,7 @@ def _unregister(**_: object) -> None:
 def _hard_time_limit(
     sender: object = None,
     exception: BaseException | None = None,
-    args: tuple | list | None = None,
+    args: tuple[Any, ...] | list[Any] | None = None,
     **_: object,
 ) -> None:
     # A job past its hard limit is killed with its pool process, so it cannot write
@@ -89,18 +90,17 @@ def _hard_time_limit(
         return
     import redis
 
-    from shared.keys import Keys
-    from worker.store import JobStore
+    from sam2fleet.shared.errors import JobTimeout
+    from sam2fleet.worker.store import JobStore
 
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
         JobStore(client, Keys(settings.key_prefix), retry_s=settings.redis_retry_s).fail(
             str(args[0]),
-            {
-                "type": "timeout",
-                "message": "the job ran past its hard time limit; its worker process was replaced",
-            },
+            JobTimeout(
+                "the job ran past its hard time limit; its worker process was replaced"
+            ).to_body(),
         )
     finally:
         client.close()

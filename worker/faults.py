@@ -23,8 +23,8 @@ import time
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.schemas import JobSpec
-from worker.store import JobStore
+from sam2fleet.shared.schemas import JobSpec
+from sam2fleet.worker.store import JobStore
 
 
 def inject(store: JobStore, image_id: str, spec: JobSpec) -> None:

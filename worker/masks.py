@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from worker.model import ObjectMasks
+from sam2fleet.worker.model import ObjectMasks
 
 
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:
@@ -21,7 +21,8 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
 
 def rle_decode(segmentation: dict[str, Any]) -> np.ndarray:
     rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
-    return mask_utils.decode(rle).astype(bool)
+    mask: np.ndarray = mask_utils.decode(rle).astype(bool)
+    return mask
 
 
 def png_encode(mask: np.ndarray) -> str:

@@ -8,26 +8,25 @@ and a `worker` label (its Celery node name), so several workers on one host are
 separate series that `sum` adds up. A replaced child starts from zero, which
 `rate()`/`increase()` treat as a counter reset.
 
-Job metrics are observed where the job record changes: `ObservedJobStore` wraps the
-store's start/succeed/fail, so the task module needs no metric calls, and the
-end-to-end latency (record `created_at` to the terminal write) is exact.
+Jobs are observed explicitly: the job runner (worker/jobs.py) calls `JobMetrics` when
+a job starts, right after each terminal write (told whether Redis accepted it) and
+when the task ends, so each job is counted once, and the end-to-end latency (record
+`created_at` to the terminal write) is exact.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from celery.signals import task_postrun
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.metrics import (
+from sam2fleet.shared.errors import WorkerCrashed
+from sam2fleet.shared.metrics import (
     BATCH_BUCKETS,
     ENCODER_BATCH_BUCKETS,
     LATENCY_BUCKETS,
@@ -36,12 +35,12 @@ from shared.metrics import (
     STAGES,
     error_types,
 )
-from worker.observability import node_name
-from worker.store import JobStore
-
-if TYPE_CHECKING:
-    from worker.gpu import CacheClearer
-    from worker.runtime import Runtime
+from sam2fleet.shared.records import JobRecord
+from sam2fleet.shared.schemas import ErrorBody
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.gpu import CacheClearer, DeviceMemory
+from sam2fleet.worker.model import SegmentationModel
+from sam2fleet.worker.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -114,60 +113,6 @@ WARMUP = Gauge(
 )
 
 _installed: Collector | None = None
-_store: ObservedJobStore | None = None
-
-
-@task_postrun.connect
-def _task_ended(args: Any = None, retval: object = None, **_: Any) -> None:
-    if _store is not None and args:
-        _store.task_ended(str(args[0]), retval)
-
-
-class DeviceMemory:
-    """Torch's allocator view and the driver's (NVML) view of one device's memory."""
-
-    def __init__(self, device: torch.device) -> None:
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        self.device = device
-        self.nvml = _nvml_handle(device) if device.type == "cuda" else None
-
-    def reset_peak(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def read(self) -> dict[str, float]:
-        if self.device.type != "cuda":
-            # A CPU worker holds no GPU memory: say so with zeros (device="cpu") rather
-            # than no series, so fleet-wide panels and sums still work.
-            return dict.fromkeys(
-                ("allocated", "reserved", "peak", "driver_used", "driver_total"), 0.0
-            )
-        out = {
-            "allocated": float(torch.cuda.memory_allocated(self.device)),
-            "reserved": float(torch.cuda.memory_reserved(self.device)),
-            "peak": float(torch.cuda.max_memory_allocated(self.device)),
-        }
-        if self.nvml is not None:  # no NVML on a GPU worker: the driver gauges are absent
-            import pynvml
-
-            info = pynvml.nvmlDeviceGetMemoryInfo(self.nvml)
-            out["driver_used"], out["driver_total"] = float(info.used), float(info.total)
-        return out
-
-
-def _nvml_handle(device: torch.device) -> Any:
-    try:
-        import pynvml  # nvidia-ml-py
-
-        pynvml.nvmlInit()
-        # By PCI address: torch's index and NVML's differ under CUDA_VISIBLE_DEVICES.
-        p = torch.cuda.get_device_properties(device)
-        bus_id = f"{p.pci_domain_id:08x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
-        return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-    except Exception as exc:  # no driver library, old driver, no PCI info
-        log.warning("NVML unavailable (%s): driver memory gauges are not exported", exc)
-        return None
 
 
 class WorkerCollector(Collector):
@@ -209,144 +154,137 @@ class WorkerCollector(Collector):
         yield released
 
 
-class ObservedJobStore(JobStore):
-    """The job store, counting each job where its record changes state."""
+class JobMetrics:
+    """Counts each job at the points the job runner reports: started (or not), its
+    terminal write, and the end of its task. Implements `jobs.JobObserver`."""
 
-    def __init__(self, store: JobStore, worker: str, memory: DeviceMemory) -> None:
-        # Take over the configured store's state as is (client, scripts, retry policy),
-        # whatever its constructor's arguments are.
-        self.__dict__.update(store.__dict__)
-        self.worker, self.memory = worker, memory
+    def __init__(self, worker: str, memory: DeviceMemory, store: JobStore) -> None:
+        self.worker, self.memory, self.store = worker, memory, store
         # Jobs started and not yet finished: more than one with cross-job batching.
-        self._current: dict[str, dict[str, str]] = {}
+        self._current: dict[str, JobRecord] = {}
 
-    def start(self, job_id: str) -> dict[str, str] | None:
-        record = super().start(job_id)
-        if record is None:
-            self._not_started(job_id)
-            return None
-        self._current[job_id] = record
+    def started(self, record: JobRecord) -> None:
+        self._current[record.id] = record
         self.memory.reset_peak()
-        model, mode = record["model"], record["mode"]
-        queued = time.time() - float(record["created_at"])
+        model, mode = record.model, record.mode
+        queued = time.time() - record.created_at
         STAGE_SECONDS.labels(model, mode, "queue", self.worker).observe(max(0.0, queued))
         BATCH_SIZE.labels(model, mode, self.worker).observe(_batch_size(record))
-        return record
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        written = super().succeed(job_id, result)
-        record = self._take(job_id)
-        if record is not None:
-            model, mode = record["model"], record["mode"]
-            for stage in STAGES[1:]:  # the queue wait was observed at start
-                seconds = result.get("timings", {}).get(f"{stage}_s")
-                if seconds is not None:
-                    STAGE_SECONDS.labels(model, mode, stage, self.worker).observe(seconds)
-            if written:
-                MASKS.labels(model, mode, self.worker).inc(len(result.get("masks", [])))
-                batched = result.get("timings", {}).get("encoder_batch_size")
-                if batched:
-                    ENCODER_BATCH.labels(model, self.worker).observe(batched)
-                hit = result.get("timings", {}).get("embedding_cache_hit")
-                if hit is not None:
-                    (CACHE_HITS if hit else CACHE_MISSES).labels(model, self.worker).inc()
-            self._finished(record, "succeeded" if written else "discarded")
-        return written
-
-    def fail(self, job_id: str, error: dict[str, str]) -> bool:
-        written = super().fail(job_id, error)
-        record = self._take(job_id)
-        if record is not None:
-            if written:
-                JOB_ERRORS.labels(
-                    record["model"], record["mode"], error.get("type", "internal"), self.worker
-                ).inc()
-            self._finished(record, "failed" if written else "discarded")
-        return written
-
-    def heartbeat(self, name: str, fields: dict[str, Any], ttl_s: float) -> None:
-        super().heartbeat(name, fields, ttl_s)
-        HEARTBEAT.labels(self.worker).set(time.time())
-
-    def task_ended(self, job_id: str, retval: object) -> None:
-        """After the task: a job still current was stopped without a terminal write."""
-        record = self._take(job_id)
-        if record is not None and retval == "cancelled":
-            self._finished(record, "cancelled")
-
-    def _not_started(self, job_id: str) -> None:
+    def not_started(self, job_id: str) -> None:
         # Cancelled, already finished (a redelivery), expired, or failed just now by
         # the start script because its earlier deliveries all died with their worker.
-        fields = self.redis.hmget(
-            self.keys.job(job_id), "model", "mode", "status", "error", "created_at"
-        )
-        model, mode, status, error, created = (v.decode() if v else None for v in fields)
-        model, mode = model or "unknown", mode or "unknown"
-        if status == "failed" and error and json.loads(error).get("type") == "worker_crashed":
-            JOB_ERRORS.labels(model, mode, "worker_crashed", self.worker).inc()
-            record = {"model": model, "mode": mode, "created_at": created or str(time.time())}
+        record = self.store.record(job_id)
+        if record is None:
+            JOBS_FINISHED.labels("unknown", "unknown", "skipped", self.worker).inc()
+            return
+        if record.error is not None and record.error.type == WorkerCrashed.type:
+            JOB_ERRORS.labels(record.model, record.mode, WorkerCrashed.type, self.worker).inc()
             self._finished(record, "failed")
             return
-        JOBS_FINISHED.labels(model, mode, "skipped", self.worker).inc()
+        JOBS_FINISHED.labels(record.model, record.mode, "skipped", self.worker).inc()
 
-    def _take(self, job_id: str) -> dict[str, str] | None:
-        return self._current.pop(job_id, None)
+    def succeeded(self, job_id: str, result: dict[str, Any], written: bool) -> None:
+        record = self._current.pop(job_id, None)
+        if record is None:
+            return
+        model, mode = record.model, record.mode
+        timings = result.get("timings", {})
+        for stage in STAGES[1:]:  # the queue wait was observed at start
+            seconds = timings.get(f"{stage}_s")
+            if seconds is not None:
+                STAGE_SECONDS.labels(model, mode, stage, self.worker).observe(seconds)
+        if written:
+            MASKS.labels(model, mode, self.worker).inc(len(result.get("masks", [])))
+            batched = timings.get("encoder_batch_size")
+            if batched:
+                ENCODER_BATCH.labels(model, self.worker).observe(batched)
+            hit = timings.get("embedding_cache_hit")
+            if hit is not None:
+                (CACHE_HITS if hit else CACHE_MISSES).labels(model, self.worker).inc()
+        self._finished(record, "succeeded" if written else "discarded")
 
-    def _finished(self, record: dict[str, str], outcome: str) -> None:
-        model, mode = record["model"], record["mode"]
+    def failed(self, job_id: str, error: ErrorBody, written: bool) -> None:
+        record = self._current.pop(job_id, None)
+        if record is None:
+            return
+        if written:
+            JOB_ERRORS.labels(record.model, record.mode, error.type, self.worker).inc()
+        self._finished(record, "failed" if written else "discarded")
+
+    def ended(self, job_id: str, outcome: str) -> None:
+        # A job still current was stopped without a terminal write: counted only when
+        # it was cancelled; one given back to the queue is counted where it runs.
+        record = self._current.pop(job_id, None)
+        if record is not None and outcome == "cancelled":
+            self._finished(record, "cancelled")
+
+    def heartbeat(self) -> None:
+        HEARTBEAT.labels(self.worker).set(time.time())
+
+    def _finished(self, record: JobRecord, outcome: str) -> None:
+        model, mode = record.model, record.mode
         JOBS_FINISHED.labels(model, mode, outcome, self.worker).inc()
         if outcome in ("succeeded", "failed"):
             JOB_SECONDS.labels(model, mode, outcome, self.worker).observe(
-                max(0.0, time.time() - float(record["created_at"]))
+                max(0.0, time.time() - record.created_at)
             )
 
 
-def _batch_size(record: dict[str, str]) -> int:
-    try:
-        spec = json.loads(record["spec"])
-        if record["mode"] == "auto":
-            return int((spec.get("auto") or {}).get("points_per_side", 32)) ** 2
-        return max(1, len(spec.get("prompts") or []))
-    except (KeyError, ValueError, TypeError):
-        return 1
+def _batch_size(record: JobRecord) -> int:
+    spec = record.spec
+    if spec.mode == "auto":
+        return spec.auto.points_per_side**2
+    return max(1, len(spec.prompts))
 
 
-def observe(runtime: Runtime, warmup_s: float) -> None:
-    """Instrument a started runtime and serve /metrics on the configured port."""
-    global _installed, _store
-    worker, model = node_name(), runtime.model.stamp.name
-    memory = DeviceMemory(runtime.model.device)
-    runtime.store = _store = ObservedJobStore(runtime.store, worker, memory)
+def observe(
+    settings: Settings,
+    model: SegmentationModel,
+    store: JobStore,
+    clearer: CacheClearer,
+    *,
+    worker: str,
+    warmup_s: float,
+) -> JobMetrics:
+    """Register the worker's metrics, serve /metrics on the configured port, and
+    return the observer the job runner reports to."""
+    global _installed
+    name = model.stamp.name
+    memory = DeviceMemory(model.device)
     if _installed is not None:  # a second start in one process (tests, solo pool)
         REGISTRY.unregister(_installed)
-    _installed = WorkerCollector(worker, memory, runtime.clearer)
+    _installed = WorkerCollector(worker, memory, clearer)
     REGISTRY.register(_installed)
     # Known label values start at 0, so rates and error panels have series before
     # the first event (Prometheus' advice for counters with labels).
     for mode in MODES:
         for outcome in OUTCOMES:
-            JOBS_FINISHED.labels(model, mode, outcome, worker)
+            JOBS_FINISHED.labels(name, mode, outcome, worker)
         for error_type in error_types():
-            JOB_ERRORS.labels(model, mode, error_type, worker)
-        MASKS.labels(model, mode, worker)
-    CACHE_HITS.labels(model, worker)
-    CACHE_MISSES.labels(model, worker)
-    MODEL_LOAD.labels(model, worker).set(runtime.model.load_seconds)
-    WARMUP.labels(model, worker).set(warmup_s)
-    WORKER_UP.labels(model, str(memory.device), worker).set(1)
-    port = runtime.settings.worker_metrics_port
-    if port:
-        try:
-            start_http_server(port, addr=runtime.settings.worker_metrics_host)
-        except OSError as exc:  # the worker still serves jobs; only its metrics are lost
-            log.error(
-                "worker metrics: cannot listen on %s:%d (%s); set "
-                "SAM2FLEET_WORKER_METRICS_PORT to a free port per worker",
-                runtime.settings.worker_metrics_host,
-                port,
-                exc,
-            )
-        else:
-            log.info(
-                "worker metrics on http://%s:%d/metrics", runtime.settings.worker_metrics_host, port
-            )
+            JOB_ERRORS.labels(name, mode, error_type, worker)
+        MASKS.labels(name, mode, worker)
+    CACHE_HITS.labels(name, worker)
+    CACHE_MISSES.labels(name, worker)
+    MODEL_LOAD.labels(name, worker).set(model.load_seconds)
+    WARMUP.labels(name, worker).set(warmup_s)
+    WORKER_UP.labels(name, str(memory.device), worker).set(1)
+    _serve(settings.worker_metrics_host, settings.worker_metrics_port)
+    return JobMetrics(worker, memory, store)
+
+
+def _serve(host: str, port: int) -> None:
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:  # the worker still serves jobs; only its metrics are lost
+        log.error(
+            "worker metrics: cannot listen on %s:%d (%s); set "
+            "SAM2FLEET_WORKER_METRICS_PORT to a free port per worker",
+            host,
+            port,
+            exc,
+        )
+    else:
+        log.info("worker metrics on http://%s:%d/metrics", host, port)

@@ -9,18 +9,19 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from shared.checkpoints import sha256_file
-from shared.schemas import AutoParams, ModelStamp, Prompt
-from shared.settings import Settings
-from worker.acceleration import autocast, compile_image_encoder, resolve_precision
-from worker.embed_cache import Embedding, EmbeddingCache
-from worker.weights import ResolvedWeights, hydra_overrides, resolve_weights
+from sam2fleet.shared.models import sha256_file
+from sam2fleet.shared.schemas import AutoParams, ModelStamp, Prompt
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.acceleration import autocast, compile_image_encoder, resolve_precision
+from sam2fleet.worker.embed_cache import Embedding, EmbeddingCache
+from sam2fleet.worker.weights import ResolvedWeights, hydra_overrides, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ class ObjectMasks:
     masks: np.ndarray  # C x H x W bool, best first
     scores: np.ndarray  # C predicted IoU
     stability: np.ndarray  # C
+
+
+def _nothing() -> None:
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,10 +179,33 @@ class SegmentationModel:
         return out
 
     @torch.inference_mode()
-    def run_generator(self, generator: Any, image: np.ndarray) -> list[dict[str, Any]]:
-        """Run an automatic generator from `automatic_generator`; records in COCO RLE."""
+    def generate(
+        self, params: AutoParams, image: np.ndarray, on_crop: Callable[[], None] = _nothing
+    ) -> tuple[list[dict[str, Any]], float]:
+        """Automatic masks (records in COCO RLE) and the seconds the image encoder took.
+
+        Both generators encode each crop with one `predictor.set_image` call, looked
+        up on the predictor at call time; wrapping that call on this run's own
+        predictor times the encoder without touching SAM 2's code. `on_crop()` runs
+        before each crop's encoder pass: a safe point where it may raise to stop the
+        run (cancellation) or inject a fault (tests).
+        """
+        generator = self.automatic_generator(params)
+        predictor = generator.predictor
+        encode_crop = predictor.set_image
+        encoder_s = 0.0
+
+        def timed_set_image(crop: np.ndarray) -> None:
+            nonlocal encoder_s
+            on_crop()
+            started = time.perf_counter()
+            encode_crop(crop)
+            encoder_s += time.perf_counter() - started
+
+        predictor.set_image = timed_set_image
         with self._autocast():
-            return generator.generate(image)
+            records: list[dict[str, Any]] = generator.generate(image)
+        return records, encoder_s
 
     def _autocast(self) -> Any:
         # Entered inside inference mode: there autocast keeps no low-precision copy
@@ -189,7 +217,7 @@ class SegmentationModel:
         SAM2FLEET_FAST_AUTO, else Meta's `SAM2AutomaticMaskGenerator`."""
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-        from worker.fast_amg import FastAutomaticMaskGenerator
+        from sam2fleet.worker.fast_amg import FastAutomaticMaskGenerator
 
         cls = FastAutomaticMaskGenerator if self.fast_auto else SAM2AutomaticMaskGenerator
         generator = cls(

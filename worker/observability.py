@@ -11,9 +11,9 @@ from typing import Any
 
 from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun
 
-from shared.logs import JOB_ID, configure_logging
-from shared.queue import SEGMENT_TASK
-from shared.settings import get_settings
+from sam2fleet.shared.logs import JOB_ID, configure_logging
+from sam2fleet.shared.queue import SEGMENT_TASK
+from sam2fleet.shared.settings import get_settings
 
 _node_name: str | None = None
 _tokens: dict[str, Token[str | None]] = {}

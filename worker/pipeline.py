@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from shared.images import decode_rgb
-from shared.schemas import JobResult, JobSpec
-from worker.embed_cache import Embedding
-from worker.masks import auto_records, prompt_records
-from worker.model import SegmentationModel
+from sam2fleet.shared.images import decode_rgb
+from sam2fleet.shared.schemas import JobResult, JobSpec
+from sam2fleet.worker.embed_cache import Embedding
+from sam2fleet.worker.masks import auto_records, prompt_records
+from sam2fleet.worker.model import SegmentationModel
 
 Checkpoint = Callable[[str], None]
 
@@ -57,31 +57,16 @@ def run_job(
         "predict_s": 0.0,
         "encode_s": 0.0,
     }
-    size, image = None, None
-    if spec.mode == "prompt" and encoded is not None:
-        size = model.use(encoded.embedding)
-        timings["decode_s"], timings["embed_s"] = encoded.decode_s, encoded.embed_s
-        timings["embedding_cache_hit"] = False
-        timings["encoder_batch_size"] = encoded.batch_size
-    elif spec.mode == "prompt" and cache_key is not None:
-        size = model.restore(cache_key)
-        timings["embedding_cache_hit"] = size is not None
-    if size is None:
+
+    def decode() -> np.ndarray:
         started = time.perf_counter()
         image = decode_rgb(load_image(), max_pixels=max_pixels)
         timings["decode_s"] = _since(started)
-        size = image.shape[0], image.shape[1]
         checkpoint("decoded")
+        return image
 
     if spec.mode == "prompt":
-        if image is not None:  # neither cached nor encoded in a batch: encode it now
-            mark = time.perf_counter()
-            checkpoint("embed")
-            model.embed(image, cache_key)
-            timings["embed_s"] = _since(mark)
-            timings["encoder_batch_size"] = 1
-        elif encoded is not None:
-            checkpoint("embed")  # the same safe point as an image encoded alone
+        height, width = _set_embedding(model, timings, decode, checkpoint, cache_key, encoded)
         checkpoint("embedded")
         mark = time.perf_counter()
         objects = model.predict(spec.prompts, spec.multimask)
@@ -90,14 +75,16 @@ def run_job(
         masks = prompt_records(objects, spec.output.format, spec.output.min_score)
         notes = model.notes(None)
     else:
-        anns, embed_s, generate_s = _generate_timed(model, image, spec, checkpoint)
-        timings["embed_s"], timings["predict_s"] = embed_s, generate_s - embed_s
+        image = decode()
+        height, width = image.shape[0], image.shape[1]
+        mark = time.perf_counter()
+        anns, embed_s = model.generate(spec.auto, image, on_crop=lambda: checkpoint("embed"))
+        timings["embed_s"], timings["predict_s"] = embed_s, _since(mark) - embed_s
         mark = time.perf_counter()
         masks = auto_records(anns, spec.output.format, spec.output.min_score)
         notes = model.notes(spec.auto)
     timings["encode_s"] = _since(mark)
 
-    height, width = size
     result = JobResult.model_validate(
         {
             "image": {"image_id": image_id, "width": width, "height": height},
@@ -110,26 +97,35 @@ def run_job(
     return result.model_dump(mode="json", exclude_none=True)
 
 
-def _generate_timed(
-    model: SegmentationModel, image: np.ndarray, spec: JobSpec, checkpoint: Checkpoint
-) -> tuple[list[dict[str, Any]], float, float]:
-    """Run the automatic generator, timing the encoder calls it makes (one per crop);
-    the start of each crop is a safe point."""
-    generator = model.automatic_generator(spec.auto)
-    embed_total = 0.0
-    set_image = generator.predictor.set_image
-
-    def timed_set_image(img: np.ndarray) -> None:
-        nonlocal embed_total
-        checkpoint("embed")
-        mark = time.perf_counter()
-        set_image(img)
-        embed_total += time.perf_counter() - mark
-
-    generator.predictor.set_image = timed_set_image
-    started = time.perf_counter()
-    anns = model.run_generator(generator, image)
-    return anns, embed_total, _since(started)
+def _set_embedding(
+    model: SegmentationModel,
+    timings: dict[str, Any],
+    decode: Callable[[], np.ndarray],
+    checkpoint: Checkpoint,
+    cache_key: tuple[str, ...] | None,
+    encoded: Encoded | None,
+) -> tuple[int, int]:
+    """Make the job's image embedding the model's current one: from a batched pass,
+    from the cache, or from the encoder now. The image's (height, width)."""
+    if encoded is not None:
+        size = model.use(encoded.embedding)
+        timings["decode_s"], timings["embed_s"] = encoded.decode_s, encoded.embed_s
+        timings["embedding_cache_hit"] = False
+        timings["encoder_batch_size"] = encoded.batch_size
+        checkpoint("embed")  # the same safe point as an image encoded alone
+        return size
+    if cache_key is not None:
+        cached = model.restore(cache_key)
+        timings["embedding_cache_hit"] = cached is not None
+        if cached is not None:
+            return cached
+    image = decode()
+    mark = time.perf_counter()
+    checkpoint("embed")
+    model.embed(image, cache_key)
+    timings["embed_s"] = _since(mark)
+    timings["encoder_batch_size"] = 1
+    return image.shape[0], image.shape[1]
 
 
 def _since(mark: float) -> float:

@@ -1,4 +1,5 @@
-"""Per-process worker state: the resident model, the job store, the heartbeat.
+"""Per-process worker state: the resident model, the job store, the job runner, the
+heartbeat.
 
 Created once in the pool process (`start`), never at import, so importing the
 task module stays cheap and a replaced child process loads its own model.
@@ -10,19 +11,20 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 import torch
 
-from shared.keys import Keys
-from shared.settings import Settings
-from worker.batching import Gatherer
-from worker.gpu import CacheClearer
-from worker.metrics import observe
-from worker.model import SegmentationModel
-from worker.observability import node_name
-from worker.store import JobStore
+from sam2fleet.shared.records import Heartbeat, Keys
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.batching import BatchRunner, Gatherer
+from sam2fleet.worker.gpu import CacheClearer
+from sam2fleet.worker.jobs import JobObserver, JobRunner, NoObserver
+from sam2fleet.worker.metrics import observe
+from sam2fleet.worker.model import SegmentationModel
+from sam2fleet.worker.observability import node_name
+from sam2fleet.worker.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +39,24 @@ class Runtime:
     stop_event: threading.Event
     queue: str = ""  # this worker's private queue (image affinity)
     warm: bool = False
-    gatherer: Gatherer | None = None  # cross-job batching; None when turned off
+    observer: JobObserver = field(default_factory=NoObserver)  # the metrics
+    batcher: BatchRunner | None = None  # cross-job batching; None when turned off
+    runner: JobRunner = field(init=False)
 
-    def claim_affinity(self, owner: str, image_id: str) -> None:
-        """Tell the gateway this worker holds the image's embedding now."""
-        if self.settings.affinity_ttl_s <= 0 or not self.queue:
-            return
-        key = self.store.keys.affinity(self.model.stamp.name, owner, image_id)
-        try:
-            self.store.redis.set(key, self.queue, ex=self.settings.affinity_ttl_s)
-        except redis.RedisError as exc:  # affinity is an optimisation; the job is done
-            log.warning("could not record image affinity: %s", exc)
+    def __post_init__(self) -> None:
+        self.runner = JobRunner(
+            self.settings,
+            self.model,
+            self.store,
+            self.observer,
+            worker=self.name,
+            queue=self.queue,
+        )
 
     def rescue_orphaned_queues(self) -> int:
         """Move jobs from private queues of workers no longer heartbeating back to the
         shared queue, so a dead worker's affinity never strands a job."""
-        r, shared = self.store.redis, self.settings.queue_for(self.model.stamp.name)
+        r, shared = self.store.redis, self.store.keys.queue(self.model.stamp.name)
         registry = self.store.keys.private_queues(self.model.stamp.name)
         # Registered on every beat (so before any job can be routed here, and again
         # if a sweep raced this worker's first beat): a dead worker's queue is known.
@@ -77,19 +81,20 @@ class Runtime:
     def beat(self) -> None:
         self.store.heartbeat(
             self.name,
-            {
-                "model": self.model.stamp.name,
-                "device": str(self.model.device),
-                "weights": self.model.stamp.weights,
-                "warm": int(self.warm),
-                "pid": os.getpid(),
-                "queue": self.queue,
-                "inflight": self.inflight,
-                "cuda_cache_clears": self.clearer.clears,
-                "cuda_cache_bytes_released": self.clearer.bytes_released,
-            },
+            Heartbeat(
+                model=self.model.stamp.name,
+                device=str(self.model.device),
+                weights=self.model.stamp.weights,
+                warm=self.warm,
+                pid=os.getpid(),
+                queue=self.queue,
+                inflight=self.inflight,
+                cuda_cache_clears=self.clearer.clears,
+                cuda_cache_bytes_released=self.clearer.bytes_released,
+            ),
             self.settings.heartbeat_ttl_s,
         )
+        self.observer.heartbeat()
 
 
 _current: Runtime | None = None
@@ -109,6 +114,8 @@ def start(settings: Settings) -> Runtime:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     model = SegmentationModel(settings)
+    warmup_s = model.warmup()
+    keys = Keys(settings.key_prefix)
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=10,
@@ -116,38 +123,38 @@ def start(settings: Settings) -> Runtime:
         health_check_interval=30,
         retry_on_timeout=True,
     )
+    store = JobStore(
+        client, keys, max_attempts=settings.max_attempts, retry_s=settings.redis_retry_s
+    )
+    clearer = CacheClearer(
+        settings.cuda_empty_cache, settings.cuda_empty_cache_threshold_bytes, model.device
+    )
     runtime = Runtime(
         settings=settings,
         model=model,
-        store=JobStore(
-            client,
-            Keys(settings.key_prefix),
-            max_attempts=settings.max_attempts,
-            retry_s=settings.redis_retry_s,
-        ),
-        clearer=CacheClearer(
-            settings.cuda_empty_cache, settings.cuda_empty_cache_threshold_bytes, model.device
-        ),
+        store=store,
+        clearer=clearer,
         name=f"{socket.gethostname()}:{os.getpid()}",
         stop_event=threading.Event(),
         # The supervisor consumes this queue too (worker/celery_app.py); its pid is
         # the parent's, so both sides derive the same name.
-        queue=settings.private_queue(node_name(), os.getppid()),
+        queue=keys.private_queue(settings.model, node_name(), os.getppid()),
+        warm=True,
+        observer=observe(settings, model, store, clearer, worker=node_name(), warmup_s=warmup_s),
     )
-    seconds = model.warmup()
-    runtime.warm = True
-    observe(runtime, seconds)  # metrics: wraps runtime.store, serves /metrics
     batch_size = settings.batch_size_for(model.device.type)
     if batch_size > 1:
-        runtime.gatherer = Gatherer(
-            runtime.store,  # the observed one: batched jobs count too
-            queues=[runtime.queue, settings.queue_for(model.stamp.name)],
-            shared_queue=settings.queue_for(model.stamp.name),
+        gatherer = Gatherer(
+            store,
+            queues=[runtime.queue, keys.queue(model.stamp.name)],
+            shared_queue=keys.queue(model.stamp.name),
             inflight=runtime.inflight,
             max_size=batch_size,
             wait_s=settings.batch_wait_ms / 1000,
+            start=runtime.runner.start,  # batched jobs are observed too
         )
-    log.info("warm-up inference took %.2fs; worker %s ready", seconds, runtime.name)
+        runtime.batcher = BatchRunner(runtime.runner, gatherer)
+    log.info("warm-up inference took %.2fs; worker %s ready", warmup_s, runtime.name)
     threading.Thread(
         target=_heartbeat_loop, args=(runtime,), daemon=True, name="sam2fleet-heartbeat"
     ).start()
@@ -157,7 +164,7 @@ def start(settings: Settings) -> Runtime:
 
 def current() -> Runtime:
     if _current is None:  # a solo pool or eager call: load in this process
-        from shared.settings import get_settings
+        from sam2fleet.shared.settings import get_settings
 
         return start(get_settings())
     return _current

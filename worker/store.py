@@ -15,47 +15,11 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared.keys import Keys, decode_hash
+from sam2fleet.shared.errors import WorkerCrashed
+from sam2fleet.shared.records import FINISH_SCRIPT, START_SCRIPT, Heartbeat, JobRecord, Keys
+from sam2fleet.shared.schemas import ErrorBody, JobStatus
 
 log = logging.getLogger(__name__)
-
-# ARGV: now, max_attempts, the error JSON for a job out of attempts.
-# A job whose earlier deliveries all died with their worker (killed, crashed) is
-# failed here instead of being run again, so it cannot loop forever.
-_START = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 'missing' end
-if s == 'succeeded' or s == 'failed' or s == 'cancelled' then return s end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
-if attempts >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error', ARGV[3])
-  redis.call('PUBLISH', KEYS[2], 'failed')
-  return 'exhausted'
-end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 'running'
-"""
-
-_FINISH = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 0 end
-if s == 'succeeded' or s == 'failed' or s == 'cancelled' then return 0 end
-redis.call('HINCRBY', KEYS[1], 'terminal_writes', 1)  -- audited: never above 1
-if ARGV[2] ~= '' then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then
-    redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
-  else
-    redis.call('SET', KEYS[2], ARGV[2])
-  end
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[4])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
-redis.call('PUBLISH', KEYS[3], ARGV[1])
-return 1
-"""
-
 
 T = TypeVar("T")
 
@@ -68,8 +32,8 @@ class JobStore:
         self.keys = keys
         self.max_attempts = max_attempts
         self.retry_s = retry_s
-        self._start = client.register_script(_START)
-        self._finish = client.register_script(_FINISH)
+        self._start = client.register_script(START_SCRIPT)
+        self._finish = client.register_script(FINISH_SCRIPT)
 
     def retrying(self, call: Callable[[], T]) -> T:
         """Ride out a Redis restart: a computed result is worth a few seconds' wait."""
@@ -85,13 +49,12 @@ class JobStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def start(self, job_id: str) -> dict[str, str] | None:
+    def start(self, job_id: str) -> JobRecord | None:
         """Mark the job running; None when it is gone, cancelled, done or out of attempts."""
         error = json.dumps(
-            {
-                "type": "worker_crashed",
-                "message": f"the job's worker died on each of its {self.max_attempts} attempts",
-            }
+            WorkerCrashed(
+                f"the job's worker died on each of its {self.max_attempts} attempts"
+            ).to_dict()
         )
         state = self.retrying(
             lambda: self._start(
@@ -101,14 +64,22 @@ class JobStore:
         )
         if state != b"running":
             return None
-        return decode_hash(self.retrying(lambda: self.redis.hgetall(self.keys.job(job_id))))
+        return self.record(job_id)
 
-    def status(self, job_id: str) -> str | None:
+    def record(self, job_id: str) -> JobRecord | None:
+        return JobRecord.from_redis(
+            self.retrying(lambda: self.redis.hgetall(self.keys.job(job_id)))
+        )
+
+    def status(self, job_id: str) -> JobStatus | None:
         value = self.retrying(lambda: self.redis.hget(self.keys.job(job_id), "status"))
-        return value.decode() if value else None
+        return JobStatus(value.decode()) if value else None
 
     def image_bytes(self, owner: str, image_id: str) -> bytes | None:
-        return self.retrying(lambda: self.redis.hget(self.keys.image(owner, image_id), "data"))
+        data: bytes | None = self.retrying(
+            lambda: self.redis.hget(self.keys.image(owner, image_id), "data")
+        )
+        return data
 
     def image_hw(self, owner: str, image_id: str) -> tuple[int, int] | None:
         """(height, width) from the upload's probe, without fetching the pixels."""
@@ -123,8 +94,8 @@ class JobStore:
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
         return self._terminal(job_id, "succeeded", json.dumps(result), "")
 
-    def fail(self, job_id: str, error: dict[str, str]) -> bool:
-        return self._terminal(job_id, "failed", "", json.dumps(error))
+    def fail(self, job_id: str, error: ErrorBody) -> bool:
+        return self._terminal(job_id, "failed", "", error.model_dump_json())
 
     def _terminal(self, job_id: str, status: str, result: str, error: str) -> bool:
         keys = [self.keys.job(job_id), self.keys.result(job_id), self.keys.done(job_id)]
@@ -134,13 +105,17 @@ class JobStore:
             )
         )
 
-    def task_ended(self, job_id: str, retval: object) -> None:
-        """Called once a job's run is over, whatever its outcome (metrics hook)."""
+    def claim_affinity(self, model: str, owner: str, image_id: str, queue: str, ttl_s: int) -> None:
+        """Tell the gateway that `queue`'s worker holds the image's embedding now."""
+        try:
+            self.redis.set(self.keys.affinity(model, owner, image_id), queue, ex=ttl_s)
+        except redis.RedisError as exc:  # affinity is an optimisation; the job is done
+            log.warning("could not record image affinity: %s", exc)
 
-    def heartbeat(self, name: str, fields: dict[str, Any], ttl_s: float) -> None:
+    def heartbeat(self, name: str, beat: Heartbeat, ttl_s: float) -> None:
         key = self.keys.worker(name)
         pipe = self.redis.pipeline()
-        pipe.hset(key, mapping={**fields, "ts": time.time()})
+        pipe.hset(key, mapping=beat.to_redis())
         pipe.pexpire(key, int(ttl_s * 1000))
         pipe.execute()
 

@@ -14,9 +14,9 @@ from typing import Literal
 
 import torch
 
-from shared.checkpoints import MODELS, ModelSpec
-from shared.errors import ModelUnavailable
-from shared.settings import Settings
+from sam2fleet.shared.errors import ModelUnavailable
+from sam2fleet.shared.models import MODELS, ModelSpec
+from sam2fleet.shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ def build_random_state_dict(spec: ModelSpec, seed: int) -> dict[str, torch.Tenso
 
     torch.manual_seed(seed)
     model = build_sam2(spec.config, None, device="cpu", mode="eval")
-    return model.state_dict()
+    state: dict[str, torch.Tensor] = model.state_dict()
+    return state
 
 
 # Extra key beside Meta's "model": build_sam2 ignores it, and a worker loading the

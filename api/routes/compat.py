@@ -15,11 +15,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.auth import Owner, check_rate
-from api.deps import ServiceDep, SettingsDep
-from api.payload import decode_base64_image, validation_message
-from shared.errors import Conflict, InvalidInput, InvalidPrompt, Sam2FleetError
-from shared.schemas import JobSpec
+from sam2fleet.api.auth import Owner, check_rate
+from sam2fleet.api.deps import ServiceDep, SettingsDep
+from sam2fleet.api.openapi import answers
+from sam2fleet.api.payload import decode_base64_image, validation_message
+from sam2fleet.shared.errors import InvalidInput, InvalidPrompt
+from sam2fleet.shared.schemas import JobSpec
 
 router = APIRouter(tags=["compatibility"])
 
@@ -124,36 +125,11 @@ def _spec(req: SegmentRequest) -> JobSpec:
         raise InvalidInput(validation_message(exc)) from None
 
 
-def _status_of(error_type: str) -> int:
-    def walk(cls: type[Sam2FleetError]) -> int | None:
-        if cls.type == error_type:
-            return cls.status
-        for sub in cls.__subclasses__():
-            found = walk(sub)
-            if found is not None:
-                return found
-        return None
-
-    return walk(Sam2FleetError) or 500
-
-
-class GatewayTimeout(Sam2FleetError):
-    type, status = "timeout", 504
-
-
-class JobError(Sam2FleetError):
-    """A job that failed on a worker, answered with its own error type."""
-
-    def __init__(self, type_: str, message: str) -> None:
-        super().__init__(message)
-        self.type = type_
-        self.status = 504 if type_ == "timeout" else _status_of(type_)
-
-
 @router.post(
     "/segment",
     response_model=SegmentResponse,
     summary="Compatibility route: the tutorial's synchronous segment call",
+    responses=answers(400, 401, 413, 422, 429, 500, 503, 504),
 )
 async def segment(
     req: SegmentRequest, request: Request, service: ServiceDep, settings: SettingsDep, owner: Owner
@@ -162,30 +138,10 @@ async def segment(
     started = time.monotonic()
     await check_rate(request, owner)  # a submit like any other: same key, same limits
     spec = _spec(req)
-    image = await service.store_image(decode_base64_image(req.image_base64, settings), owner)
-    job = await service.submit(spec, image, owner)
+    data = decode_base64_image(req.image_base64, settings)
+    image = service.probe(data)  # stored only once the job is admitted
     timeout = req.timeout_s if req.timeout_s is not None else settings.max_wait_s
-    deadline = started + timeout
-    while True:
-        job = await service.get(job["id"], owner, max(0.0, deadline - time.monotonic()))
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() >= deadline:
-            break
-    if job["status"] in ("queued", "running"):
-        try:  # nobody will collect it: free the worker
-            await service.cancel(job["id"], owner)
-        except Conflict:
-            job = await service.get(job["id"], owner)  # it ended just now
-        if job["status"] in ("queued", "running", "cancelled"):
-            raise GatewayTimeout(
-                f"job {job['id']} did not finish within {timeout:g} s; "
-                "it was cancelled. Retry later, raise `timeout_s`, or use "
-                "POST /v1/jobs and poll."
-            )
-    if job["status"] == "failed":
-        err = job.get("error") or {"type": "internal", "message": "job failed"}
-        raise JobError(err["type"], err["message"])
-    if job["status"] == "cancelled":
-        raise Conflict(f"job {job['id']} was cancelled")
+    job = await service.submit_and_wait(spec, image, owner, started + timeout, data)
     result = job["result"]
     masks = sorted(result["masks"], key=lambda m: -m["predicted_iou"])
     t = result["timings"]

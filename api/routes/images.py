@@ -6,11 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.auth import Owner, check_rate
-from api.deps import ServiceDep, SettingsDep
-from api.payload import decode_base64_image, open_form, parse_json_object, read_upload
-from shared.errors import InvalidInput
-from shared.schemas import ImageInfo
+from sam2fleet.api.auth import Owner, check_rate
+from sam2fleet.api.deps import ServiceDep, SettingsDep
+from sam2fleet.api.openapi import answers
+from sam2fleet.api.payload import decode_base64_image, open_form, parse_json_object, read_upload
+from sam2fleet.shared.errors import InvalidInput
+from sam2fleet.shared.schemas import ImageInfo
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -38,7 +39,13 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-@router.post("", status_code=201, response_model=ImageInfo, openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "",
+    status_code=201,
+    response_model=ImageInfo,
+    openapi_extra=_UPLOAD_BODY,
+    responses=answers(400, 401, 413, 415, 422, 429, 503),
+)
 async def upload_image(
     request: Request, service: ServiceDep, settings: SettingsDep, owner: Owner
 ) -> Any:

@@ -6,11 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 
-from api.auth import Owner, check_rate
-from api.deps import ServiceDep, SettingsDep
-from api.payload import job_from_request
-from shared.errors import InvalidInput
-from shared.schemas import JobPublic
+from sam2fleet.api.auth import Owner, check_rate
+from sam2fleet.api.deps import ServiceDep, SettingsDep
+from sam2fleet.api.openapi import answers
+from sam2fleet.api.payload import job_from_request
+from sam2fleet.shared.errors import InvalidInput
+from sam2fleet.shared.schemas import JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -44,6 +45,7 @@ _SUBMIT_BODY: dict[str, Any] = {
     response_model=JobPublic,
     response_model_exclude_none=True,
     openapi_extra=_SUBMIT_BODY,
+    responses=answers(400, 401, 409, 413, 415, 422, 429, 503),
 )
 async def submit_job(
     request: Request,
@@ -58,21 +60,26 @@ async def submit_job(
         ),
     ] = None,
 ) -> Any:
-    """Validate fully, store the image once, queue the job; answer 202 with its id."""
+    """Validate fully, admit, store the image once, queue the job; 202 with its id."""
     await check_rate(request, owner)
     spec, image_bytes, image_id = await job_from_request(request, settings)
     if image_bytes is not None:
-        image = await service.store_image(image_bytes, owner)
+        image = service.probe(image_bytes)  # stored only once the job is admitted
     else:
         assert image_id is not None
         found = await service.image_info(image_id, owner)
         if found is None:
             raise InvalidInput(f"image_id {image_id} is unknown or expired; upload it again")
         image = found
-    return await service.submit(spec, image, owner, idempotency_key)
+    return await service.submit(spec, image, owner, idempotency_key, data=image_bytes)
 
 
-@router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    response_model_exclude_none=True,
+    responses=answers(401, 404, 422, 503),
+)
 async def get_job(
     job_id: str,
     service: ServiceDep,
@@ -84,7 +91,12 @@ async def get_job(
     return await service.get(job_id, owner, wait)
 
 
-@router.delete("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
+@router.delete(
+    "/{job_id}",
+    response_model=JobPublic,
+    response_model_exclude_none=True,
+    responses=answers(401, 404, 409, 503),
+)
 async def cancel_job(job_id: str, service: ServiceDep, owner: Owner) -> Any:
     """Cancel a queued job (it never runs) or a running one (it stops at the next
     safe point between stages); 409 once the job has ended."""

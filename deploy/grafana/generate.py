@@ -1,230 +1,89 @@
 """Writes the Grafana dashboards in dashboards/ (run: python deploy/grafana/generate.py).
 
-Dashboards as code: edit the panels here, re-run, commit both. A test checks the JSON
-is what this script writes, and another evaluates every query against a real
-Prometheus scraping a real fleet (tests/observability).
+Dashboards as code: edit the panels here (board.py lays them out), re-run, commit
+both. A test checks the JSON is what this script writes, and another evaluates every
+query against a real Prometheus scraping a real fleet (tests/observability).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+
+# board.py sits beside this script, whose folder Python puts first on sys.path.
+from board import (
+    BY_WORKER,
+    DATASOURCE,
+    PERCENTILES,
+    RATE_WINDOW,
+    Board,
+    percentile,
+    quantile,
+    summed_rate,
+)
 
 HERE = Path(__file__).resolve().parent
-DS = {"type": "prometheus", "uid": "sam2fleet-prometheus"}
-W = '{worker=~"$worker"}'
-RI = "$__rate_interval"
-
-
-def q(q_: float, metric: str, sel: str, by: str) -> str:
-    return f"histogram_quantile({q_}, sum by (le, {by}) (rate({metric}_bucket{{{sel}}}[{RI}])))"
-
-
-def target(expr: str, legend: str, ref: str, **extra: Any) -> dict[str, Any]:
-    return {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref, **extra}
-
-
-class Board:
-    def __init__(self, uid: str, title: str, description: str, variables: list[str]) -> None:
-        self.uid, self.title, self.description, self.variables = uid, title, description, variables
-        self.panels: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
-        self.y = 0
-        self.x = 0
-
-    def row(self, title: str) -> None:
-        self._newline()
-        self.panels.append(
-            {
-                "type": "row",
-                "title": title,
-                "collapsed": False,
-                "panels": [],
-                "id": len(self.panels) + 1,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
-            }
-        )
-        self.y += 1
-
-    def panel(
-        self,
-        title: str,
-        description: str,
-        targets: list[tuple[str, str]],
-        *,
-        kind: str = "timeseries",
-        unit: str = "short",
-        width: int = 12,
-        field: dict[str, Any] | None = None,
-        **extra: Any,
-    ) -> None:
-        if self.x + width > 24:
-            self._newline()
-        refs = "ABCDEFGH"
-        self.panels.append(
-            {
-                "id": len(self.panels) + 1,
-                "type": kind,
-                "title": title,
-                "description": description,
-                "datasource": DS,
-                "gridPos": {"h": 8, "w": width, "x": self.x, "y": self.y},
-                "fieldConfig": {
-                    "defaults": {"unit": unit, **(field or {})},
-                    "overrides": extra.pop("overrides", []),
-                },
-                "options": extra.pop(
-                    "options", {"legend": {"displayMode": "table", "placement": "bottom"}}
-                ),
-                "targets": [
-                    target(expr, legend, refs[i], **extra.get("target_extra", {}))
-                    for i, (expr, legend) in enumerate(targets)
-                ],
-                **{k: v for k, v in extra.items() if k != "target_extra"},
-            }
-        )
-        self.x += width
-
-    def _newline(self) -> None:
-        if self.x:
-            self.y += 8
-            self.x = 0
-
-    def json(self) -> dict[str, Any]:
-        variables = {
-            "model": ("sam2fleet_worker_up", "model"),
-            "worker": ('sam2fleet_worker_up{model=~"$model"}', "worker"),
-        }
-        templating = [
-            {
-                "name": "datasource",
-                "type": "datasource",
-                "query": "prometheus",
-                "current": {"text": "Prometheus", "value": "sam2fleet-prometheus"},
-                "hide": 0,
-            }
-        ]
-        for name in self.variables:
-            if name == "mode":
-                templating.append(
-                    {
-                        "name": "mode",
-                        "label": "mode",
-                        "type": "custom",
-                        "query": "prompt,auto",
-                        "includeAll": True,
-                        "multi": True,
-                        "allValue": ".*",
-                        "current": {"text": "All", "value": "$__all"},
-                    }
-                )
-                continue
-            metric, label = variables[name]
-            templating.append(
-                {
-                    "name": name,
-                    "label": name,
-                    "type": "query",
-                    "datasource": DS,
-                    "definition": f"label_values({metric}, {label})",
-                    "query": {"query": f"label_values({metric}, {label})", "refId": name},
-                    "refresh": 2,
-                    "includeAll": True,
-                    "multi": True,
-                    "allValue": ".*",
-                    "current": {"text": "All", "value": "$__all"},
-                    "sort": 1,
-                }
-            )
-        return {
-            "uid": self.uid,
-            "title": self.title,
-            "description": self.description,
-            "tags": ["sam2fleet"],
-            "timezone": "browser",
-            "schemaVersion": 39,
-            "version": 1,
-            "editable": False,
-            "refresh": "30s",
-            "time": {"from": "now-1h", "to": "now"},
-            "templating": {"list": templating},
-            "annotations": {
-                "list": [
-                    {
-                        "builtIn": 1,
-                        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                        "enable": True,
-                        "hide": True,
-                        "iconColor": "rgba(0, 211, 255, 1)",
-                        "name": "Annotations & Alerts",
-                        "type": "dashboard",
-                    },
-                    *self.annotations,
-                ]
-            },
-            "panels": self.panels,
-        }
 
 
 def gpu_memory() -> Board:
-    b = Board(
+    board = Board(
         "sam2fleet-gpu-memory",
         "sam2fleet / GPU memory",
         "Per-worker GPU memory as torch and the driver see it; cache clears marked.",
         ["model", "worker"],
     )
-    b.annotations.append(
+    board.annotations.append(
         {
             "name": "CUDA cache clears",
-            "datasource": DS,
+            "datasource": DATASOURCE,
             "enable": True,
             "iconColor": "orange",
             "titleFormat": "cache cleared on {{worker}}",
-            "expr": f"increase(sam2fleet_cuda_cache_clears_total{W}[{RI}]) > 0",
+            "expr": f"increase(sam2fleet_cuda_cache_clears_total{BY_WORKER}[{RATE_WINDOW}]) > 0",
             "step": "15s",
         }
     )
-    b.row("Torch allocator")
-    b.panel(
+    board.row("Torch allocator")
+    board.panel(
         "Allocated / reserved / peak per worker",
         "Bytes held by tensors, by torch's caching allocator, and the peak of the current "
         "or last job. Cache clears show as orange marks.",
         [
-            (f"sam2fleet_gpu_memory_allocated_bytes{W}", "{{worker}} allocated"),
-            (f"sam2fleet_gpu_memory_reserved_bytes{W}", "{{worker}} reserved"),
-            (f"sam2fleet_gpu_memory_peak_bytes{W}", "{{worker}} peak"),
+            (f"sam2fleet_gpu_memory_allocated_bytes{BY_WORKER}", "{{worker}} allocated"),
+            (f"sam2fleet_gpu_memory_reserved_bytes{BY_WORKER}", "{{worker}} reserved"),
+            (f"sam2fleet_gpu_memory_peak_bytes{BY_WORKER}", "{{worker}} peak"),
         ],
         unit="bytes",
     )
-    b.panel(
+    board.panel(
         "Cached but unused (reserved - allocated)",
         "Memory the allocator keeps for reuse; the cache policy clears it past its threshold.",
         [
             (
-                f"sam2fleet_gpu_memory_reserved_bytes{W} - sam2fleet_gpu_memory_allocated_bytes{W}",
+                f"sam2fleet_gpu_memory_reserved_bytes{BY_WORKER} - "
+                f"sam2fleet_gpu_memory_allocated_bytes{BY_WORKER}",
                 "{{worker}}",
             )
         ],
         unit="bytes",
     )
-    b.row("Driver (NVML, whole device)")
-    b.panel(
+    board.row("Driver (NVML, whole device)")
+    board.panel(
         "Driver used vs total",
         "The whole device as the driver sees it, all processes included.",
         [
-            (f"sam2fleet_gpu_memory_driver_used_bytes{W}", "{{worker}} used"),
-            (f"sam2fleet_gpu_memory_driver_total_bytes{W}", "{{worker}} total"),
+            (f"sam2fleet_gpu_memory_driver_used_bytes{BY_WORKER}", "{{worker}} used"),
+            (f"sam2fleet_gpu_memory_driver_total_bytes{BY_WORKER}", "{{worker}} total"),
         ],
         unit="bytes",
     )
-    b.panel(
+    board.panel(
         "Free headroom",
         "Total minus used on each worker's device: what the next big image can still get.",
         [
             (
-                f"sam2fleet_gpu_memory_driver_total_bytes{W} - "
-                f"sam2fleet_gpu_memory_driver_used_bytes{W}",
+                f"sam2fleet_gpu_memory_driver_total_bytes{BY_WORKER} - "
+                f"sam2fleet_gpu_memory_driver_used_bytes{BY_WORKER}",
                 "{{worker}} ({{device}})",
             )
         ],
@@ -236,21 +95,26 @@ def gpu_memory() -> Board:
             "graphMode": "area",
         },
     )
-    b.row("Cache policy and model")
-    b.panel(
+    board.row("Cache policy and model")
+    board.panel(
         "CUDA cache clears",
         "empty_cache() calls by the SAM2FLEET_CUDA_EMPTY_CACHE policy per interval.",
-        [(f"increase(sam2fleet_cuda_cache_clears_total{W}[{RI}])", "{{worker}}")],
+        [(f"increase(sam2fleet_cuda_cache_clears_total{BY_WORKER}[{RATE_WINDOW}])", "{{worker}}")],
         width=8,
     )
-    b.panel(
+    board.panel(
         "Bytes released by cache clears",
         "Bytes handed back to the driver by those clears.",
-        [(f"increase(sam2fleet_cuda_cache_released_bytes_total{W}[{RI}])", "{{worker}}")],
+        [
+            (
+                f"increase(sam2fleet_cuda_cache_released_bytes_total{BY_WORKER}[{RATE_WINDOW}])",
+                "{{worker}}",
+            )
+        ],
         unit="bytes",
         width=8,
     )
-    b.panel(
+    board.panel(
         "Model load time",
         "Seconds each worker took to build SAM 2 and load its weights, and its warm-up.",
         [
@@ -264,37 +128,38 @@ def gpu_memory() -> Board:
         width=8,
         kind="bargauge",
     )
-    return b
+    return board
 
 
 def latency() -> Board:
-    b = Board(
+    board = Board(
         "sam2fleet-latency",
         "sam2fleet / Latency",
         "p50/p95/p99 end to end and per stage, by model and mode; queue wait vs depth.",
         ["model", "mode", "worker"],
     )
-    sel = 'model=~"$model", mode=~"$mode", worker=~"$worker"'
-    b.row("End to end (submit to result)")
-    b.panel(
+    selector = 'model=~"$model", mode=~"$mode", worker=~"$worker"'
+    board.row("End to end (submit to result)")
+    board.panel(
         "End-to-end p50 / p95 / p99 by model and mode",
         "From the job record's created_at to the terminal state written by the worker.",
         [
             (
-                q(p, "sam2fleet_job_duration_seconds", sel, "model, mode"),
-                f"p{int(p * 100)} {{{{model}}}} {{{{mode}}}}",
+                quantile(level, "sam2fleet_job_duration_seconds", selector, "model, mode"),
+                percentile(level) + " {{model}} {{mode}}",
             )
-            for p in (0.5, 0.95, 0.99)
+            for level in PERCENTILES
         ],
         unit="s",
     )
-    b.panel(
+    board.panel(
         "End-to-end latency heatmap",
         "Jobs per latency bucket per interval; a second band means a second population "
         "(automatic jobs, a slow worker).",
         [
             (
-                f"sum by (le) (increase(sam2fleet_job_duration_seconds_bucket{{{sel}}}[{RI}]))",
+                "sum by (le) "
+                f"(increase(sam2fleet_job_duration_seconds_bucket{{{selector}}}[{RATE_WINDOW}]))",
                 "{{le}}",
             )
         ],
@@ -306,30 +171,32 @@ def latency() -> Board:
             "cellGap": 1,
             "color": {"mode": "scheme", "scheme": "Oranges"},
         },
-        target_extra={"format": "heatmap"},
+        target_fields={"format": "heatmap"},
     )
-    b.row("Stages")
-    for p in (0.5, 0.95, 0.99):
-        b.panel(
-            f"p{int(p * 100)} per stage",
+    board.row("Stages")
+    for level in PERCENTILES:
+        board.panel(
+            f"{percentile(level)} per stage",
             "queue, decode, embed, predict (prompt decoding or automatic generation), encode.",
             [
                 (
-                    q(p, "sam2fleet_job_stage_duration_seconds", sel, "stage, mode"),
+                    quantile(
+                        level, "sam2fleet_job_stage_duration_seconds", selector, "stage, mode"
+                    ),
                     "{{stage}} {{mode}}",
                 )
             ],
             unit="s",
             width=8,
         )
-    b.row("Queue and gateway")
-    b.panel(
+    board.row("Queue and gateway")
+    board.panel(
         "Queue wait p95 vs queue depth",
         "Wait rising with depth: too few workers. Wait rising at zero depth: workers slow "
         "to take jobs (warming up, restarting).",
         [
             (
-                q(
+                quantile(
                     0.95,
                     "sam2fleet_job_stage_duration_seconds",
                     'stage="queue", model=~"$model", mode=~"$mode", worker=~"$worker"',
@@ -350,91 +217,100 @@ def latency() -> Board:
             }
         ],
     )
-    b.panel(
+    board.panel(
         "Gateway request latency p95 by route",
         "API time per route template; GET /v1/jobs/{job_id} includes long-poll waits.",
-        [(q(0.95, "sam2fleet_http_request_duration_seconds", "", "route"), "{{route}}")],
+        [(quantile(0.95, "sam2fleet_http_request_duration_seconds", "", "route"), "{{route}}")],
         unit="s",
     )
-    return b
+    return board
 
 
 def throughput() -> Board:
-    b = Board(
+    board = Board(
         "sam2fleet-throughput",
         "sam2fleet / Throughput and errors",
         "Jobs per second by outcome, error types, 429/503 answers, workers.",
         ["model", "worker"],
     )
-    sel = 'model=~"$model", worker=~"$worker"'
-    b.row("Jobs")
-    b.panel(
+    selector = 'model=~"$model", worker=~"$worker"'
+    board.row("Jobs")
+    board.panel(
         "Jobs/s by outcome",
         "What workers did with the jobs they took: succeeded, failed, cancelled while "
         "running, skipped (already cancelled or finished), discarded.",
-        [(f"sum by (outcome) (rate(sam2fleet_jobs_finished_total{{{sel}}}[{RI}]))", "{{outcome}}")],
+        [
+            (
+                summed_rate("sam2fleet_jobs_finished_total", selector, "outcome"),
+                "{{outcome}}",
+            )
+        ],
         unit="reqps",
         width=8,
     )
-    b.panel(
+    board.panel(
         "Submitted jobs/s by model and mode",
         "Accepted by the API (202).",
         [
             (
-                f'sum by (model, mode) (rate(sam2fleet_jobs_submitted_total{{model=~"$model"}}'
-                f"[{RI}]))",
+                summed_rate("sam2fleet_jobs_submitted_total", 'model=~"$model"', "model, mode"),
                 "{{model}} {{mode}}",
             )
         ],
         unit="reqps",
         width=8,
     )
-    b.panel(
+    board.panel(
         "Masks returned/s",
         "Masks in succeeded results, by mode.",
-        [(f"sum by (mode) (rate(sam2fleet_masks_returned_total{{{sel}}}[{RI}]))", "{{mode}}")],
+        [
+            (
+                summed_rate("sam2fleet_masks_returned_total", selector, "mode"),
+                "{{mode}}",
+            )
+        ],
         unit="short",
         width=8,
     )
-    b.row("Errors")
-    b.panel(
+    board.row("Errors")
+    board.panel(
         "Job errors/s by type",
         "error.type of failed jobs.",
         [
             (
-                f"sum by (error_type) (rate(sam2fleet_job_errors_total{{{sel}}}[{RI}]))",
+                summed_rate("sam2fleet_job_errors_total", selector, "error_type"),
                 "{{error_type}}",
             )
         ],
         unit="reqps",
         width=8,
     )
-    b.panel(
+    board.panel(
         "HTTP errors/s by type",
         "error.type of 4xx/5xx answers of the API.",
         [
             (
-                f"sum by (error_type, status) (rate(sam2fleet_http_errors_total[{RI}]))",
+                summed_rate("sam2fleet_http_errors_total", by="error_type, status"),
                 "{{status}} {{error_type}}",
             )
         ],
         unit="reqps",
         width=8,
     )
-    b.panel(
+    board.panel(
         "429 / 503 answers/s",
         "Rate-limited (429) and unavailable (503: Redis down, no worker ready, queue full).",
         [
             (
-                f'sum by (status) (rate(sam2fleet_http_requests_total{{status=~"429|503"}}[{RI}]))',
+                summed_rate("sam2fleet_http_requests_total", 'status=~"429|503"', "status"),
                 "{{status}}",
             )
         ],
         unit="reqps",
         width=8,
     )
-    b.row("Fleet")
-    b.panel(
+    board.row("Fleet")
+    board.panel(
         "Workers",
         "Warm workers by their own metrics, by the API's view of heartbeats, and "
         "scrape targets up.",
@@ -445,71 +321,77 @@ def throughput() -> Board:
         ],
         width=8,
     )
-    b.panel(
+    board.panel(
         "Queue depth by model",
         "Jobs waiting for a worker.",
         [('sam2fleet_queue_depth{model=~"$model"}', "{{model}}")],
         width=8,
     )
-    b.panel(
+    board.panel(
         "Heartbeat age",
         "Seconds since each worker last wrote its heartbeat.",
-        [(f"time() - sam2fleet_worker_last_heartbeat_timestamp_seconds{W}", "{{worker}}")],
+        [(f"time() - sam2fleet_worker_last_heartbeat_timestamp_seconds{BY_WORKER}", "{{worker}}")],
         unit="s",
         width=8,
     )
-    b.row("Requests and batches")
-    b.panel(
+    board.row("Requests and batches")
+    board.panel(
         "Requests/s by route and status",
         "All API answers by route template.",
         [
             (
-                f"sum by (route, status) (rate(sam2fleet_http_requests_total[{RI}]))",
+                summed_rate("sam2fleet_http_requests_total", by="route, status"),
                 "{{route}} {{status}}",
             )
         ],
         unit="reqps",
         width=8,
     )
-    b.panel(
+    board.panel(
         "Request payload p95 by route",
         "Request body bytes.",
-        [(q(0.95, "sam2fleet_http_request_size_bytes", "", "route"), "{{route}}")],
+        [(quantile(0.95, "sam2fleet_http_request_size_bytes", "", "route"), "{{route}}")],
         unit="bytes",
         width=8,
     )
-    b.panel(
+    board.panel(
         "Batch size p50 / p95",
         "Prompts decoded against one image embedding (objects, or grid points in auto).",
         [
-            (q(p, "sam2fleet_batch_size", sel, "mode"), f"p{int(p * 100)} {{{{mode}}}}")
-            for p in (0.5, 0.95)
+            (
+                quantile(level, "sam2fleet_batch_size", selector, "mode"),
+                percentile(level) + " {{mode}}",
+            )
+            for level in PERCENTILES[:2]
         ],
         width=8,
     )
-    b.panel(
+    board.panel(
         "Embedding cache hits and misses/s",
         "Prompt jobs answered from a worker's cached image embedding (no encoder run) "
         "and those that ran the encoder. Few hits with interactive clients: affinity is "
         "not reaching the worker, or the cache is too small.",
         [
-            (f"sum(rate(sam2fleet_embedding_cache_hits_total{{{sel}}}[{RI}]))", "hits"),
-            (f"sum(rate(sam2fleet_embedding_cache_misses_total{{{sel}}}[{RI}]))", "misses"),
+            (summed_rate("sam2fleet_embedding_cache_hits_total", selector), "hits"),
+            (summed_rate("sam2fleet_embedding_cache_misses_total", selector), "misses"),
         ],
         unit="reqps",
         width=8,
     )
-    b.panel(
+    board.panel(
         "Encoder batch size p50 / p95 (cross-job batching)",
         "Images sharing one image-encoder forward pass, per prompt job that ran the "
         "encoder; 1 = encoded alone (nothing else was waiting).",
         [
-            (q(p, "sam2fleet_encoder_batch_size", sel, "model"), f"p{int(p * 100)} {{{{model}}}}")
-            for p in (0.5, 0.95)
+            (
+                quantile(level, "sam2fleet_encoder_batch_size", selector, "model"),
+                percentile(level) + " {{model}}",
+            )
+            for level in PERCENTILES[:2]
         ],
         width=8,
     )
-    return b
+    return board
 
 
 BOARDS = {"gpu-memory.json": gpu_memory, "latency.json": latency, "throughput.json": throughput}

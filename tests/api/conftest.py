@@ -12,9 +12,9 @@ import pytest
 import redis
 import uvicorn
 
-from api.main import create_app
-from shared.redis_server import free_port
-from shared.settings import Settings
+from sam2fleet.api.main import create_app
+from sam2fleet.launcher.redis_server import free_port
+from sam2fleet.shared.settings import Settings
 from tests.support import RedisServer
 
 

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import redis
 
-from shared import apikeys
-from shared.keys import Keys
-from shared.settings import Settings
+from sam2fleet.admin import apikeys
+from sam2fleet.shared.records import Keys
+from sam2fleet.shared.settings import Settings
 from tests.api.conftest import serve
 from tests.support import encode, scene
 
@@ -126,7 +126,9 @@ def test_idempotency_key_gives_one_job(
     again = api.post("/v1/jobs", json=BODY, headers=headers)
     assert first.status_code == 202 and again.status_code in (200, 202)
     assert again.json()["id"] == first.json()["id"]
-    assert rdb.llen(auth_settings.queue_for(auth_settings.model)) == 1  # one message, one run
+    assert (
+        rdb.llen(Keys(auth_settings.key_prefix).queue(auth_settings.model)) == 1
+    )  # one message, one run
     other = api.post("/v1/jobs", json={**BODY, "multimask": False}, headers=headers)
     assert other.status_code == 409
     assert other.json()["error"]["type"] == "idempotency_conflict"
@@ -137,11 +139,17 @@ def test_idempotency_key_gives_one_job(
     assert bob.status_code == 202 and bob.json()["id"] != first.json()["id"]
 
 
-def test_records_expire_into_404(api: httpx.Client) -> None:
+def test_records_expire_into_404(
+    api: httpx.Client, rdb: redis.Redis, auth_settings: Settings
+) -> None:
     job_id = api.post("/v1/jobs", json=BODY, headers=h(KEY_A)).json()["id"]
     assert api.get(f"/v1/jobs/{job_id}", headers=h(KEY_A)).status_code == 200
-    time.sleep(3.5)  # job_ttl_s=3
-    r = api.get(f"/v1/jobs/{job_id}", headers=h(KEY_A))
+    ttl_ms = rdb.pttl(Keys(auth_settings.key_prefix).job(job_id))
+    assert 0 < ttl_ms <= auth_settings.job_ttl_s * 1000
+    deadline = time.monotonic() + auth_settings.job_ttl_s + 5
+    while (r := api.get(f"/v1/jobs/{job_id}", headers=h(KEY_A))).status_code == 200:
+        assert time.monotonic() < deadline, "the record outlived its TTL"
+        time.sleep(0.1)
     assert r.status_code == 404 and "unknown or expired" in r.text
 
 

@@ -11,7 +11,8 @@ import httpx
 import pytest
 import redis
 
-from shared.settings import Settings
+from sam2fleet.shared.records import Keys
+from sam2fleet.shared.settings import Settings
 from tests.support import encode, scene
 
 IMG = base64.b64encode(encode(scene(100, 80))).decode()
@@ -26,27 +27,29 @@ def _error(r: Any, status: int, type_: str, fragment: str = "") -> None:
 
 def _no_jobs(rdb: redis.Redis, settings: Settings) -> None:
     assert list(rdb.scan_iter(f"{settings.key_prefix}:job:*")) == []
-    assert rdb.llen(settings.queue_for(settings.model)) == 0
+    assert rdb.llen(Keys(settings.key_prefix).queue(settings.model)) == 0
 
 
+# invalid_prompt: prompts checked against the image and the limits; invalid_input: a
+# request whose shape is wrong (its schema refuses it before the image is read).
 @pytest.mark.parametrize(
-    ("prompts", "fragment"),
+    ("prompts", "type_", "fragment"),
     [
-        ([{"points": [[150, 10]], "labels": [1]}], "outside the 100x80 image"),
-        ([{"points": [[-1, 10]], "labels": [1]}], "outside"),
-        ([{"box": [0, 0, 101, 50]}], "outside"),
-        ([{"box": [50, 50, 10, 60]}], "x2 > x1"),
-        ([{"box": [10, 10, 10, 60]}], "x2 > x1"),
-        ([{"points": [[1, 1], [2, 2]], "labels": [1]}], "one per point"),
-        ([{"points": [[1, 1]]}], "one per point"),
-        ([{"labels": [1]}], "needs points, a box"),
-        ([{"points": [[1, 2, 3]], "labels": [1]}], "at most 2"),
-        ([{"points": [[1, 1]], "labels": [2]}], "labels"),
-        ([{"points": [[1, 1]] * 6, "labels": [1] * 6}], "at most 5"),
-        ([{"box": [0, 0, 5, 5]}] * 5, "at most 4 per job"),
-        ([{"box": [0, 0, 5]}], "box"),
-        ([{"box": [0, 0, 5, 5], "color": "red"}], "extra"),
-        ([], "needs at least one prompt"),
+        ([{"points": [[150, 10]], "labels": [1]}], "invalid_prompt", "outside the 100x80 image"),
+        ([{"points": [[-1, 10]], "labels": [1]}], "invalid_prompt", "outside"),
+        ([{"box": [0, 0, 101, 50]}], "invalid_prompt", "outside"),
+        ([{"box": [50, 50, 10, 60]}], "invalid_input", "x2 > x1"),
+        ([{"box": [10, 10, 10, 60]}], "invalid_input", "x2 > x1"),
+        ([{"points": [[1, 1], [2, 2]], "labels": [1]}], "invalid_input", "one per point"),
+        ([{"points": [[1, 1]]}], "invalid_input", "one per point"),
+        ([{"labels": [1]}], "invalid_input", "needs points, a box"),
+        ([{"points": [[1, 2, 3]], "labels": [1]}], "invalid_input", "at most 2"),
+        ([{"points": [[1, 1]], "labels": [2]}], "invalid_input", "labels"),
+        ([{"points": [[1, 1]] * 6, "labels": [1] * 6}], "invalid_prompt", "at most 5"),
+        ([{"box": [0, 0, 5, 5]}] * 5, "invalid_prompt", "at most 4 per job"),
+        ([{"box": [0, 0, 5]}], "invalid_input", "box"),
+        ([{"box": [0, 0, 5, 5], "color": "red"}], "invalid_input", "extra"),
+        ([], "invalid_input", "needs at least one prompt"),
     ],
 )
 def test_bad_prompts_are_422(
@@ -54,11 +57,11 @@ def test_bad_prompts_are_422(
     rdb: redis.Redis,
     settings: Settings,
     prompts: list[dict[str, Any]],
+    type_: str,
     fragment: str,
 ) -> None:
     r = client.post("/v1/jobs", json={"image": IMG, "prompts": prompts})
-    _error(r, 422, r.json()["error"]["type"], fragment)
-    assert r.json()["error"]["type"] in ("invalid_input", "invalid_prompt")
+    _error(r, 422, type_, fragment)
     _no_jobs(rdb, settings)
 
 
@@ -216,3 +219,11 @@ def test_multipart_without_image_part_is_422(client: httpx.Client) -> None:
         "/v1/jobs", data={"job": '{"mode": "auto"}'}, files={"other": ("x.png", b"123")}
     )
     _error(r, 422, "invalid_input", "image")
+
+
+def test_a_wrong_method_is_405_naming_every_method_of_the_path(client: httpx.Client) -> None:
+    r = client.request("PUT", "/v1/jobs/" + "0" * 32)
+    _error(r, 405, "method_not_allowed")
+    # Two routes serve this path: the answer names both, not only the first.
+    assert r.headers["allow"] == "DELETE, GET"
+    assert client.request("ZZZA", "/livez").headers["allow"] == "GET"

@@ -19,7 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.settings import Settings
+from sam2fleet.shared.settings import Settings
 from tests.api.conftest import serve
 from tests.api.test_access_and_overload import fake_warm_worker
 from tests.support import encode, scene

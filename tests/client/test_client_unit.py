@@ -25,7 +25,9 @@ from sam2fleet.client import (
     WaitTimeout,
     decode_segmentation,
 )
-from sam2fleet.enqueue import Journal, Options, content_hash, idempotency_key, job_spec
+from sam2fleet.enqueue.journal import Journal
+from sam2fleet.enqueue.options import Options
+from sam2fleet.enqueue.plan import content_hash, idempotency_key, job_spec
 from sam2fleet.overlay import draw_overlay
 from sam2fleet.sources import SourceError, load_source
 from tests.support import encode, scene
@@ -296,7 +298,7 @@ def test_the_client_package_needs_no_server_dependencies() -> None:
     import sys
 
     code = (
-        "import sys, sam2fleet, sam2fleet.enqueue, sam2fleet.cli, sam2fleet.overlay, "
+        "import sys, sam2fleet, sam2fleet.enqueue.command, sam2fleet.cli, sam2fleet.overlay, "
         "sam2fleet.coco; print(sorted(m for m in ('torch', 'celery', 'fastapi', 'redis') "
         "if m in sys.modules))"
     )

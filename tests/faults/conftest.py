@@ -14,7 +14,7 @@ import psutil
 import pytest
 import redis
 
-from shared.images import image_id_for
+from sam2fleet.shared.images import image_id_for
 from tests.conftest import SMALL
 from tests.support import Fleet, RedisServer, encode, fleet_env, scene
 from tests.system.client import b64
@@ -65,6 +65,17 @@ class FaultFleet(Fleet):
         pids = [p for p in self.worker_pids().values() if psutil.pid_exists(p)]
         assert len(pids) == 1, pids
         return pids[0]
+
+    def wait_new_model_process(self, old_pid: int, timeout: float = 180) -> float:
+        """Wait for a model process other than `old_pid` to heartbeat (it does once
+        warm); the wall-clock time it was first seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids().values()
+            if any(p != old_pid and psutil.pid_exists(p) for p in pids):
+                return time.time()
+            assert time.monotonic() < deadline, f"no new model process:\n{self.log('w0')}"
+            time.sleep(0.05)
 
     def wait_status(self, job_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.redis_server import free_port
+from sam2fleet.launcher.redis_server import free_port
 from tests.conftest import SMALL
 from tests.support import Fleet, RedisServer, encode, fleet_env, scene
 from tests.system.client import b64, submit, wait
@@ -30,7 +30,9 @@ class MetricsFleet(Fleet):
     def start_worker_on(self, name: str, **extra: str) -> subprocess.Popen[bytes]:
         env, self.env = self.env, {**self.env, **extra}
         try:
-            proc = self._spawn(name, [sys.executable, "-m", "shared.cli", "worker", "--name", name])
+            proc = self._spawn(
+                name, [sys.executable, "-m", "sam2fleet.cli", "worker", "--name", name]
+            )
         finally:
             self.env = env
         self.procs[name] = proc
@@ -94,7 +96,7 @@ class ObsFleet:
                 json={"image": image, "mode": "auto", "model": "sam2.1_hiera_large"},
             )
             assert r.status_code == 503, r.text
-            assert httpx.post(f"{self.api}/v1/jobs", json={"prompts": []}).status_code in (400, 422)
+            assert httpx.post(f"{self.api}/v1/jobs", json={"prompts": []}).status_code == 422
             assert httpx.get(f"{self.api}/v1/jobs/{'0' * 32}").status_code == 404
 
 

@@ -1,6 +1,6 @@
 """Every dashboard query, evaluated by a real Prometheus scraping the real fleet.
 
-Prometheus is Debian's `prometheus` binary (`.ci/run` installs it); it runs with a
+Prometheus is Debian's `prometheus` binary (`make test` installs it); it runs with a
 copy of deploy/prometheus/prometheus.yml whose targets point at this test's API and
 workers and whose scrape interval is 1 s. A panel query that returns nothing fails.
 """
@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from shared.redis_server import free_port
+from sam2fleet.launcher.redis_server import free_port
 from tests.observability.conftest import WORKERS, ObsFleet, Traffic
 from tests.support import ROOT
 
@@ -59,7 +59,7 @@ def prometheus(obs: ObsFleet, tmp_path_factory: pytest.TempPathFactory) -> Itera
     if binary is None:
         pytest.fail(
             "the `prometheus` binary is not on PATH; install it with "
-            "`apt-get install -y prometheus` (.ci/run does this)"
+            "`apt-get install -y prometheus` (`make test` does this)"
         )
     workdir = tmp_path_factory.mktemp("prometheus")
     config = yaml.safe_load(PROM_CONFIG.read_text())
@@ -131,8 +131,24 @@ def scraped(prometheus: str, obs: ObsFleet, traffic: Traffic) -> str:
             break
         assert time.monotonic() < deadline, f"Prometheus did not catch up: {result}"
         time.sleep(0.5)
-    time.sleep(2.5)  # a few more scrapes after the last change
+    # A rate needs two samples of a series after it last changed.
+    wait_for_scrapes(prometheus, after=time.time(), count=2)
     return prometheus
+
+
+def wait_for_scrapes(url: str, after: float, count: int, timeout: float = 30) -> None:
+    """Wait until Prometheus has scraped every target `count` times since `after`."""
+    seen: dict[str, set[float]] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for series in query(url, "timestamp(up)"):  # when each target was last scraped
+            at = float(series["value"][1])
+            if at > after:
+                seen.setdefault(series["metric"]["instance"], set()).add(at)
+        if len(seen) == 1 + len(WORKERS) and all(len(s) >= count for s in seen.values()):
+            return
+        assert time.monotonic() < deadline, f"targets not scraped {count} times: {seen}"
+        time.sleep(0.2)
 
 
 def test_every_panel_query_returns_data(scraped: str) -> None:
@@ -168,7 +184,8 @@ def test_template_variables_and_annotations_resolve(scraped: str) -> None:
                 assert query(scraped, metric), f"{path.name}: annotation {ann['name']}"
 
 
-def test_dashboards_are_provisionable() -> None:
+def test_dashboards_are_provisionable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(GENERATOR.parent))  # as when run as a script
     spec = importlib.util.spec_from_file_location("generate", GENERATOR)
     assert spec is not None and spec.loader is not None
     generate = importlib.util.module_from_spec(spec)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.fleet import Fleet
-from shared.logs import JobIdFilter, JsonFormatter, TextFormatter, job_context
-from shared.settings import Settings
+from sam2fleet.launcher.supervisor import Fleet
+from sam2fleet.shared.logs import JobIdFilter, JsonFormatter, TextFormatter, job_context
+from sam2fleet.shared.settings import Settings
 
 
 def record(name: str, msg: str, args: object = None) -> logging.LogRecord:
@@ -21,8 +21,10 @@ def record(name: str, msg: str, args: object = None) -> logging.LogRecord:
 
 def test_json_lines_carry_the_job_id_from_the_context() -> None:
     with job_context("a" * 32):
-        inside = json.loads(JsonFormatter("worker").format(record("worker.tasks", "x %d", (1,))))
-    outside = json.loads(JsonFormatter("worker").format(record("worker.tasks", "y")))
+        inside = json.loads(
+            JsonFormatter("worker").format(record("sam2fleet.worker.tasks", "x %d", (1,)))
+        )
+    outside = json.loads(JsonFormatter("worker").format(record("sam2fleet.worker.tasks", "y")))
     assert inside["job_id"] == "a" * 32 and inside["message"] == "x 1"
     assert inside["service"] == "worker" and inside["level"] == "INFO"
     assert "job_id" not in outside

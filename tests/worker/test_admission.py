@@ -11,13 +11,11 @@ import pytest
 import torch
 import yaml
 
-from shared.checkpoints import MODELS
-from shared.errors import InputTooLarge
-from shared.schemas import AutoParams, JobSpec, Prompt
-from shared.settings import Settings
-from tests.conftest import SMALL
-from tests.support import scene
-from worker.admission import (
+from sam2fleet.shared.errors import InputTooLarge
+from sam2fleet.shared.models import MODELS
+from sam2fleet.shared.schemas import AutoParams, JobSpec, Prompt
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.admission import (
     ENCODER_CHANNELS,
     GIB,
     admit,
@@ -25,7 +23,9 @@ from worker.admission import (
     estimate_bytes,
     measure_peak_bytes,
 )
-from worker.model import SegmentationModel
+from sam2fleet.worker.model import SegmentationModel
+from tests.conftest import SMALL
+from tests.support import scene
 
 TINY = "sam2.1_hiera_tiny"
 CPU = torch.device("cpu")
@@ -203,9 +203,7 @@ def test_auto_job_estimate_against_a_measured_peak(model: SegmentationModel, fas
     try:
         records: list[Any] = []
         measured = measure_peak_bytes(
-            lambda: records.extend(
-                model.run_generator(model.automatic_generator(spec.auto), image)
-            ),
+            lambda: records.extend(model.generate(spec.auto, image)[0]),
             CPU,
         )
     finally:

@@ -13,17 +13,17 @@ import pytest
 import redis
 import torch
 
-from shared.keys import Keys
-from shared.queue import SEGMENT_TASK
-from shared.schemas import Prompt
-from shared.settings import Settings
+from sam2fleet.shared.queue import SEGMENT_TASK
+from sam2fleet.shared.records import Heartbeat, Keys
+from sam2fleet.shared.schemas import Prompt
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.batching import Gatherer
+from sam2fleet.worker.model import SegmentationModel
+from sam2fleet.worker.runtime import Runtime
+from sam2fleet.worker.store import JobStore
 from tests import oracle
 from tests.conftest import SMALL
 from tests.support import RedisServer, scene
-from worker.batching import Gatherer
-from worker.model import SegmentationModel
-from worker.runtime import Runtime
-from worker.store import JobStore
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_takes_own_queue_first_then_the_oldest_shared_jobs_and_starts_them(
     assert _ids(store, f"{store.keys.prefix}.m") == ["c"]
     assert sorted(_ids(store, g.inflight)) == ["a", "b", "d"]
     for t in taken:
-        assert store.status(t.job_id) == "running" and t.record["attempts"] == "1"
+        assert store.status(t.job_id) == "running" and t.record.attempts == 1
     g.done(taken[0].message)
     g.give_back(taken[1].message)
     assert sorted(_ids(store, g.inflight)) == ["b"]
@@ -189,7 +189,7 @@ def test_waits_up_to_the_batch_wait_for_jobs_to_arrive(store: JobStore) -> None:
 def test_a_dead_workers_inflight_jobs_go_back_to_the_shared_queue(store: JobStore) -> None:
     model_name = "sam2.1_hiera_tiny"
     settings = Settings(key_prefix=store.keys.prefix, model=model_name)
-    shared = settings.queue_for(model_name)
+    shared = Keys(settings.key_prefix).queue(model_name)
     dead = Gatherer(
         store,
         queues=[shared],
@@ -214,7 +214,8 @@ def test_a_dead_workers_inflight_jobs_go_back_to_the_shared_queue(store: JobStor
         queue=f"{shared}.w.live",
     )
     live.beat = lambda: None  # type: ignore[method-assign]
-    store.heartbeat(live.name, {"queue": live.queue, "inflight": live.inflight}, 30)
+    beat = Heartbeat(model_name, "cpu", "random", True, 2, live.queue, live.inflight)
+    store.heartbeat(live.name, beat, 30)
     assert live.rescue_orphaned_queues() == 2
     assert sorted(_ids(store, shared)) == ["j1", "j2"]
     assert store.redis.llen(dead.inflight) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.embed_cache import EmbeddingCache
+from sam2fleet.worker.embed_cache import EmbeddingCache
 
 
 def features(mb: int) -> dict:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from sam2fleet.worker.fast_amg import FastAutomaticMaskGenerator
 from tests import oracle
 from tests.conftest import SMALL
 from tests.support import scene
-from worker.fast_amg import FastAutomaticMaskGenerator
 
 WIDTH, HEIGHT = 256, 192
 

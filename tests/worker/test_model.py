@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from shared.schemas import Prompt
-from shared.settings import Settings
+from sam2fleet.shared.schemas import Prompt
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.gpu import CacheClearer
+from sam2fleet.worker.masks import prompt_records, rle_decode
+from sam2fleet.worker.model import SegmentationModel, feature_sizes
 from tests import oracle
 from tests.conftest import SMALL
 from tests.support import ROOT, scene
-from worker.gpu import CacheClearer
-from worker.masks import prompt_records, rle_decode
-from worker.model import SegmentationModel, feature_sizes
 
 
 def test_feature_sizes_follow_the_input_size() -> None:
@@ -48,7 +48,7 @@ def test_cache_clearer_is_a_no_op_on_cpu() -> None:
 
 
 def test_the_worker_turns_on_expandable_segments_unless_told_otherwise() -> None:
-    code = "import os, worker.celery_app; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'])"
+    code = "import os, sam2fleet.worker.celery_app; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'])"
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
     env["SAM2FLEET_RANDOM_WEIGHTS"] = "1"  # importing the app resolves no weights
     run = partial(subprocess.run, [sys.executable, "-c", code], cwd=ROOT, text=True)

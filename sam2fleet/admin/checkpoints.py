@@ -7,72 +7,28 @@ continues it with an HTTP ``Range`` request.
 
 Why the pin: a checkpoint is loaded with ``torch.load``, i.e. it is executable input, and the
 upstream URL is a plain CDN path that could change or be truncated. Every file is checked against
-the sha256 recorded below before it ever gets its final name, so a worker either has the exact
-bytes Meta published or nothing. A caller may pin a different hash with ``expected_sha256``.
+the sha256 pinned in `sam2fleet.shared.models` before it ever gets its final name, so a worker
+either has the exact bytes Meta published or nothing. A caller may pin a different hash with
+``expected_sha256``.
 
 Deliberately free of torch so the gateway and CLI can pre-fetch weights without the model stack.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from tqdm import tqdm
 
+from sam2fleet.shared.models import ModelSpec, sha256_file
+
 DEFAULT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 
-_CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    config: str  # hydra config name understood by sam2.build_sam.build_sam2
-    filename: str
-    bytes: int
-    sha256: str
-
-
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            "sam2.1_hiera_tiny",
-            "configs/sam2.1/sam2.1_hiera_t.yaml",
-            "sam2.1_hiera_tiny.pt",
-            156008466,
-            "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
-        ),
-        ModelSpec(
-            "sam2.1_hiera_small",
-            "configs/sam2.1/sam2.1_hiera_s.yaml",
-            "sam2.1_hiera_small.pt",
-            184416285,
-            "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
-        ),
-        ModelSpec(
-            "sam2.1_hiera_base_plus",
-            "configs/sam2.1/sam2.1_hiera_b+.yaml",
-            "sam2.1_hiera_base_plus.pt",
-            323606802,
-            "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
-        ),
-        ModelSpec(
-            "sam2.1_hiera_large",
-            "configs/sam2.1/sam2.1_hiera_l.yaml",
-            "sam2.1_hiera_large.pt",
-            898083611,
-            "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
-        ),
-    )
-}
 
 
 class ChecksumMismatch(Exception):
@@ -85,14 +41,6 @@ class DownloadError(Exception):
     def __init__(self, url: str, cause: object) -> None:
         super().__init__(f"download of {url} failed: {cause}")
         self.url, self.cause = url, cause
-
-
-def sha256_file(path: Path, chunk: int = _CHUNK) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_checkpoint(

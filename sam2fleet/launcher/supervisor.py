@@ -3,6 +3,10 @@
 Starts Redis (or uses one that answers), one worker per visible GPU (or one CPU
 worker) and the API; restarts a worker or the API that dies; on Ctrl-C or SIGTERM
 stops everything it started, workers first so they finish or requeue their job.
+
+While the model loads it waits by reading the workers' heartbeats in Redis, as the
+API's /readyz does, rather than asking /readyz twice a second: each request would
+print an access-log line among the workers' own output.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
-from shared.redis_server import RedisHandle, ensure_redis
-from shared.settings import Settings
+from sam2fleet.launcher.redis_server import RedisHandle, ensure_redis
+from sam2fleet.shared.records import Heartbeat, Keys
+from sam2fleet.shared.settings import Settings
 
 
 @dataclass
@@ -86,18 +92,20 @@ class Fleet:
                     "SAM2FLEET_WORKER_METRICS_PORT": str(self.settings.worker_metrics_port + i),
                 }
             self.children.append(
-                Child(name, [py, "-m", "shared.cli", "worker", "--name", name], {**env, **extra})
+                Child(name, [py, "-m", "sam2fleet.cli", "worker", "--name", name], {**env, **extra})
             )
         self.children.append(
             Child(
                 "api",
-                [py, "-m", "shared.cli", "api", "--host", self.host, "--port", str(self.port)],
+                [py, "-m", "sam2fleet.cli", "api", "--host", self.host, "--port", str(self.port)],
                 env,
             )
         )
 
     def run(self) -> int:
-        self.redis = ensure_redis(self.settings.redis_url, self.data_dir / "redis")
+        self.redis = ensure_redis(
+            self.settings.redis_url, self.data_dir / "redis", self.settings.redis_maxmemory_bytes
+        )
         where = f" (data in {self.redis.data_dir})" if self.redis.data_dir else ""
         say(f"redis: {self.redis.source} at {self.redis.url}{where}")
         self.plan()
@@ -107,6 +115,7 @@ class Fleet:
         signal.signal(signal.SIGTERM, self._on_signal)
         base = f"http://{self.host}:{self.port}"
         announced = ready = False
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=2, socket_connect_timeout=2)
         try:
             while not self.stopping:
                 self._supervise()
@@ -114,11 +123,12 @@ class Fleet:
                     announced = True
                     say(f"API: {base}  (docs: {base}/docs)")
                     say("waiting for a worker to load the model and finish its warm-up...")
-                if announced and not ready and probe(f"{base}/readyz"):
+                if announced and not ready and warm_workers(client, self.settings) > 0:
                     ready = True
                     say("ready. Try:\n" + curl_example(base, self.settings.model))
                 time.sleep(0.5)
         finally:
+            client.close()
             self.shutdown()
         return 0
 
@@ -172,6 +182,20 @@ class Fleet:
         if self.redis is not None:
             self.redis.stop()
         say("stopped.")
+
+
+def warm_workers(client: redis.Redis, settings: Settings) -> int:
+    """Workers that finished their warm-up and were heard from within the heartbeat
+    window: the count the API's /readyz goes by."""
+    keys, now, count = Keys(settings.key_prefix), time.time(), 0
+    try:
+        for key in client.scan_iter(match=keys.workers_pattern(), count=100):
+            beat = Heartbeat.from_redis(client.hgetall(key))
+            if beat is not None and beat.warm and beat.age(now) <= settings.heartbeat_ttl_s:
+                count += 1
+    except redis.RedisError:
+        return 0  # Redis restarting: not ready yet
+    return count
 
 
 def probe(url: str) -> bool:

@@ -1,4 +1,4 @@
-"""shared.checkpoints against a real local HTTP server (127.0.0.1 only, no internet)."""
+"""sam2fleet.admin.checkpoints against a real local HTTP server (127.0.0.1 only, no internet)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.checkpoints import (
-    MODELS,
-    ChecksumMismatch,
-    DownloadError,
-    ModelSpec,
-    download_checkpoint,
-    sha256_file,
-)
+from sam2fleet.admin.checkpoints import ChecksumMismatch, DownloadError, download_checkpoint
+from sam2fleet.shared.models import MODELS, ModelSpec, sha256_file
 
 PAYLOAD = random.Random(20240929).randbytes(3 * (1 << 20) + 12345)
 FILENAME = "fake_sam2.pt"
@@ -203,8 +197,8 @@ def test_models_table() -> None:
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, cdn: FakeCDN, dest: Path, *argv: str) -> int:
-    from shared import cli
-    from shared.settings import get_settings
+    from sam2fleet import cli
+    from sam2fleet.shared.settings import get_settings
 
     monkeypatch.setenv("SAM2FLEET_CHECKPOINT_BASE_URL", cdn.base_url)
     monkeypatch.setenv("SAM2FLEET_CHECKPOINT_DIR", str(dest))
@@ -222,10 +216,8 @@ def test_cli_download_from_a_mirror(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from shared import cli
-
     pinned = ModelSpec("sam2.1_hiera_tiny", spec.config, FILENAME, spec.bytes, spec.sha256)
-    monkeypatch.setitem(cli.MODELS, "sam2.1_hiera_tiny", pinned)
+    monkeypatch.setitem(MODELS, "sam2.1_hiera_tiny", pinned)
     assert _cli(monkeypatch, cdn, tmp_path, "sam2.1_hiera_tiny") == 0
     assert sha256_file(tmp_path / FILENAME) == spec.sha256
     assert "sha256 verified" in capsys.readouterr().out
@@ -237,11 +229,9 @@ def test_cli_refuses_a_file_that_is_not_the_pinned_one(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from shared import cli
-
-    real = cli.MODELS["sam2.1_hiera_tiny"]  # Meta's pinned hash; the mirror serves other bytes
+    real = MODELS["sam2.1_hiera_tiny"]  # Meta's pinned hash; the mirror serves other bytes
     monkeypatch.setitem(
-        cli.MODELS,
+        MODELS,
         "sam2.1_hiera_tiny",
         ModelSpec(real.name, real.config, FILENAME, len(PAYLOAD), real.sha256),
     )

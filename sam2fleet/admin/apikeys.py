@@ -7,7 +7,7 @@ import secrets
 
 import redis
 
-from shared.keys import Keys
+from sam2fleet.shared.records import Keys
 
 
 def digest(key: str) -> str:

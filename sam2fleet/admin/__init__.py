@@ -1,0 +1,1 @@
+"""Administration of a fleet: fetching checkpoints, managing API keys."""
