@@ -25,7 +25,7 @@ from sam2fleet.api import openapi
 from sam2fleet.api.limits import BodyLimitMiddleware
 from sam2fleet.api.metrics import MetricsMiddleware
 from sam2fleet.api.ratelimit import RateLimiter
-from sam2fleet.api.routes import compat, health, images, jobs, models
+from sam2fleet.api.routes import compat, frames, health, images, jobs, models, videos
 from sam2fleet.api.service import JobService
 from sam2fleet.shared.errors import BadRequest, MethodNotAllowed, NotFound, Sam2FleetError
 from sam2fleet.shared.queue import make_celery
@@ -68,7 +68,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in _ROUTERS:
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.include_router(videos.router)
+    app.include_router(frames.router)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        # Multipart framing on top of the file: a few KiB are plenty.
+        path_limits={
+            videos.router.prefix: (
+                settings.max_video_bytes + 64 * 1024,
+                "SAM2FLEET_MAX_VIDEO_BYTES",
+            )
+        },
+    )
     app.add_middleware(MetricsMiddleware)  # added last: outermost, sees every answer
     app.add_exception_handler(Sam2FleetError, _fleet_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -20,7 +20,7 @@ from sam2fleet.shared.errors import BadRequest, ImageTooLarge, InvalidInput, Uns
 from sam2fleet.shared.schemas import JobCreate, JobSpec
 from sam2fleet.shared.settings import Settings
 
-T = TypeVar("T", bound=JobSpec)
+T = TypeVar("T", bound=BaseModel)
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,")
 
 

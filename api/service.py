@@ -208,11 +208,13 @@ class JobService:
             return queue
         return shared
 
-    def _send(self, job_id: str, queue: str) -> None:
+    def _send(self, job_id: str, queue: str, **options: Any) -> None:
+        """`options`: more of Celery's `send_task` options (a video job's time limits)."""
         self.celery.send_task(
             SEGMENT_TASK,
             args=[job_id],
             queue=queue,
+            **options,
             task_id=job_id,  # Celery's own log lines then name the job (shared/logs.py)
             retry=True,
             retry_policy={

@@ -17,7 +17,8 @@ py=${PYTHON:-.venv/bin/python}
 export SAM2FLEET_DEVICE=${SAM2FLEET_DEVICE:-cuda} PYTHONUNBUFFERED=1
 
 # Seconds per step: encoder, compiled encoder, overhead, throughput, automatic. In
-# all 540 s, so one call (10 minutes) also has room to install and start.
+# all 540 s, so one call (10 minutes) also has room to install and start. The two
+# video steps (150 s each) come last and need a second call when run after them.
 if [[ ${QUICK:-0} == 1 ]]; then
   models=(tiny); rounds=1; images=2; pps=8:1; limits=(300 300 300 300 300)
 else
@@ -45,5 +46,12 @@ step encoder-compiled "${limits[1]}" benchmarks/encoder.py --models "${models[-1
 step overhead "${limits[2]}" benchmarks/overhead.py --rounds "$rounds" --out "$out"
 step throughput "${limits[3]}" benchmarks/throughput.py --images "$images" --concurrency 4 16
 step automatic "${limits[4]}" benchmarks/automatic.py --rounds "$pps" --out "$out/automatic.json"
+# Video (docs/video.md): fleet frames/s against Meta's predictor in-process, then
+# device memory at frame 100/500/2000 against Meta's as shipped, at the full 1024 px.
+if [[ ${QUICK:-0} == 1 ]]; then vframes=8; vlong=120; vlimit=300; else vframes=200; vlong=2000; vlimit=150; fi
+step video-throughput "$vlimit" benchmarks/video.py throughput --image-size 1024 \
+  --frames "$vframes" --out "$out/video-throughput.json"
+step video-memory "$vlimit" benchmarks/video.py memory --image-size 1024 --frames "$vlong" \
+  --out "$out/video-memory.json"
 cp benchmarks/results/throughput.json "$out/" 2>/dev/null
 echo "results in $out"

@@ -309,10 +309,21 @@ def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "same --out resumes: done images are skipped, failed ones retried.",
     )
     add_arguments(p)
+    p.add_argument(
+        "--video-prompts",
+        type=Path,
+        default=None,
+        help="videos: SOURCE is a folder of videos and this JSONL gives each one's "
+        "prompts (see docs/video.md)",
+    )
     p.set_defaults(handler=_enqueue)
 
 
 def _enqueue(args: argparse.Namespace) -> int:
+    if args.video_prompts is not None:
+        from sam2fleet.video_enqueue import main as video_main
+
+        return video_main(args)
     from sam2fleet.enqueue.command import main as enqueue_main
 
     return enqueue_main(args)
@@ -328,6 +339,16 @@ def _add_overlay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("target", help="jobs/NAME.json, a saved job JSON, or a job id")
     p.add_argument("--image", type=Path, default=None, help="the job's image file")
+    video = p.add_argument_group(
+        "video jobs (TARGET: a job id, or an NDJSON of frame records from enqueue)"
+    )
+    video.add_argument(
+        "--video", type=Path, default=None, help="the job's video file: writes an overlay MP4"
+    )
+    video.add_argument(
+        "--strip", type=int, default=0, help="instead: a PNG of N frames side by side"
+    )
+    video.add_argument("--fps", type=float, default=None, help="frame rate of the MP4")
     p.add_argument(
         "--prompts",
         default=None,
@@ -356,6 +377,10 @@ def _add_overlay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _overlay(args: argparse.Namespace) -> int:
+    if args.video is not None:
+        from sam2fleet.video_overlay import run_command as video_overlay
+
+        return video_overlay(args)
     from sam2fleet.overlay import run_command
 
     return run_command(args)

@@ -3,11 +3,14 @@
     Sam2FleetError                      500 internal
     ├── BadRequest                      400 bad_request
     ├── PayloadTooLarge                 413 payload_too_large
-    │   └── ImageTooLarge               413 image_too_large
+    │   ├── ImageTooLarge               413 image_too_large
+    │   └── VideoTooLarge               413 video_too_large
     ├── UnsupportedMediaType            415 unsupported_media_type
-    │   └── UnsupportedImage            415 unsupported_image
+    │   ├── UnsupportedImage            415 unsupported_image
+    │   └── UnsupportedVideo            415 unsupported_video
     ├── InvalidInput                    422 invalid_input
     │   ├── InvalidImage                422 invalid_image
+    │   ├── InvalidVideo                422 invalid_video
     │   └── InvalidPrompt               422 invalid_prompt
     ├── Unauthorized                    401 unauthorized
     ├── NotFound                        404 not_found
@@ -63,6 +66,10 @@ class ImageTooLarge(PayloadTooLarge):
     type = "image_too_large"
 
 
+class VideoTooLarge(PayloadTooLarge):
+    type = "video_too_large"
+
+
 class UnsupportedMediaType(Sam2FleetError):
     type, status = "unsupported_media_type", 415
 
@@ -71,12 +78,20 @@ class UnsupportedImage(UnsupportedMediaType):
     type = "unsupported_image"
 
 
+class UnsupportedVideo(UnsupportedMediaType):
+    type = "unsupported_video"
+
+
 class InvalidInput(Sam2FleetError):
     type, status = "invalid_input", 422
 
 
 class InvalidImage(InvalidInput):
     type = "invalid_image"
+
+
+class InvalidVideo(InvalidInput):
+    type = "invalid_video"
 
 
 class InvalidPrompt(InvalidInput):

@@ -44,7 +44,7 @@ SIZE_BUCKETS = tuple(float(256 * 4**i) for i in range(10))  # 256 B .. 64 MiB
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384)
 ENCODER_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
-MODES = ("prompt", "auto")
+MODES = ("prompt", "auto", "video")
 # Where one job's time goes, in the order it is spent (`timings.<stage>_s`).
 STAGES = ("queue", "decode", "embed", "predict", "encode")
 # What a worker did with a job it took from the queue.

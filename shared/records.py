@@ -4,6 +4,7 @@ this module, so they cannot disagree about a field name or a terminal status.
 
     {p}:image:{owner}:{id} hash  data, width, height, format        TTL image_ttl_s
     {p}:job:{job_id}       hash  the job record (`JobRecord`)         TTL job_ttl_s
+                                 (videos: shared/video_records.py)
     {p}:result:{job_id}    str   result JSON, written once            TTL job_ttl_s
     {p}:done:{job_id}      pub/sub channel announcing a terminal state
     {p}:worker:{name}      hash  heartbeat (`Heartbeat`)              TTL heartbeat_ttl_s
@@ -42,7 +43,7 @@ from sam2fleet.shared.schemas import ErrorBody, JobSpec, JobStatus
 
 TERMINAL: frozenset[JobStatus] = frozenset(s for s in JobStatus if s.terminal)
 
-Mode = Literal["prompt", "auto"]
+Mode = Literal["prompt", "auto", "video"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class JobRecord:
     status: JobStatus
     model: str
     mode: Mode
-    image_id: str
+    image_id: str  # the job's input: an image, or for mode "video" a video
     owner: str
     created_at: float
     spec_json: str  # the validated `JobSpec`, as the gateway accepted it
@@ -141,6 +142,9 @@ class JobRecord:
     # Calls of the terminal-write script for this job, accepted or refused: a job
     # run twice to the end shows 2 here even though only one result is kept.
     terminal_attempts: int = 0
+    # Video jobs: frame records written so far, and how many the job will write.
+    frames_done: int | None = None
+    frames_total: int | None = None
 
     @classmethod
     def new(cls, job_id: str, spec: JobSpec, model: str, image_id: str, owner: str) -> JobRecord:
@@ -182,6 +186,9 @@ class JobRecord:
             out["finished_at"] = repr(self.finished_at)
         if self.error is not None:
             out["error"] = self.error.model_dump_json()
+        if self.frames_total is not None:
+            out["frames_total"] = str(self.frames_total)
+            out["frames_done"] = str(self.frames_done or 0)
         return out
 
     @classmethod
@@ -204,6 +211,8 @@ class JobRecord:
             finished_at=_opt_float(f.get("finished_at")),
             error=ErrorBody.model_validate_json(f["error"]) if f.get("error") else None,
             terminal_attempts=int(f.get("terminal_attempts") or 0),
+            frames_done=int(f["frames_done"]) if f.get("frames_done") else None,
+            frames_total=int(f["frames_total"]) if f.get("frames_total") else None,
         )
 
     def public(self, result_json: bytes | str | None = None) -> dict[str, Any]:
@@ -219,6 +228,13 @@ class JobRecord:
             "finished_at": self.finished_at,
             "attempts": self.attempts,
         }
+        if self.mode == "video":
+            out["video_id"] = out.pop("image_id")
+            if self.frames_total is not None:
+                out["progress"] = {
+                    "frames_done": self.frames_done or 0,
+                    "frames_total": self.frames_total,
+                }
         if self.error is not None:
             out["error"] = self.error.model_dump()
         if result_json is not None and self.status is JobStatus.succeeded:

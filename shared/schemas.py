@@ -202,17 +202,62 @@ class JobResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+# --- video results (the rest of video jobs' shapes: shared/video_schemas.py) ---
+
+
+class VideoInfo(BaseModel):
+    """`POST /v1/videos`'s answer. Sizes are as displayed (rotation applied)."""
+
+    video_id: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
+    codec: str = Field(description="h264, hevc, vp8, vp9, av1; jpeg or png for a zip of frames.")
+    container: Literal["mp4", "matroska", "zip"] = Field(
+        description="mp4 (MP4/MOV), matroska (MKV/WebM) or zip (numbered frames)."
+    )
+    rotation: int = Field(0, description="Display rotation applied to the frames, degrees.")
+    bytes: int
+
+
+class ObjectSummary(BaseModel):
+    obj_id: int
+    frames_present: int = Field(description="Recorded frames where its mask is not empty.")
+    first_frame: int | None = None
+    last_frame: int | None = None
+
+
+class VideoResult(BaseModel):
+    video: VideoInfo
+    model: ModelStamp
+    frames: int = Field(description="Frame records written (GET /v1/jobs/{id}/frames).")
+    objects: list[ObjectSummary]
+    timings: dict[str, float]
+    notes: list[str] = Field(default_factory=list)
+
+
+class Progress(BaseModel):
+    frames_done: int
+    frames_total: int
+
+
 class JobPublic(BaseModel):
     id: str
     status: JobStatus
     model: str
-    mode: Literal["prompt", "auto"]
-    image_id: str
+    mode: Literal["prompt", "auto", "video"]
+    image_id: str | None = None
+    video_id: str | None = Field(None, description="Mode video: the tracked video.")
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
-    result: JobResult | None = None
+    progress: Progress | None = Field(
+        None, description="Mode video, once running: frame records written and to write."
+    )
+    result: JobResult | VideoResult | None = None
     error: ErrorBody | None = None
 
 

@@ -170,6 +170,48 @@ class Settings(BaseSettings):
     max_objects: int = Field(64, description="Most prompt objects in one job.")
     max_points: int = Field(64, description="Most points in one prompt object.")
 
+    # --- video ---------------------------------------------------------------
+    max_video_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1,
+        description="Largest accepted video upload, a container file or a zip of frames "
+        "(413 beyond it); it is kept in Redis in 1 MiB chunks.",
+    )
+    max_video_frames: int = Field(
+        216_000, ge=1, description="Most frames in one video (2 h at 30 fps); 413 beyond it."
+    )
+    max_video_pixels: int = Field(
+        3840 * 2160,
+        ge=1,
+        description="Largest width × height of a video's frames (4K UHD); 413 beyond it.",
+    )
+    video_ttl_s: int = Field(
+        3600,
+        ge=1,
+        description="Seconds an uploaded video is kept; a job using it keeps it while it runs.",
+    )
+    video_time_limit_s: int = Field(
+        86400,
+        ge=1,
+        description="Soft time limit of one video job (it fails with `timeout`); the hard "
+        "limit is 60 s more. Not bound by visibility_timeout_s: a running video job keeps "
+        "its message from redelivery.",
+    )
+    video_inline_jobs: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Prompt jobs a worker tracking a video answers between two frames, so "
+        "a click is not held up by a long video; 0: none (they wait for another worker).",
+    )
+    max_video_job_bytes: int = Field(
+        8 * 1024**3,
+        ge=0,
+        description="Largest predicted device memory of one video job the gateway accepts "
+        "(413 beyond it; shared/video_memory.py); 0: no limit. Workers also check it "
+        "against their own budget.",
+    )
+
     # --- lifetimes -----------------------------------------------------------
     image_ttl_s: int = Field(3600, description="Seconds an uploaded image is kept.")
     job_ttl_s: int = Field(

@@ -48,6 +48,26 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_checkpoint(MODELS["sam2.1_hiera_tiny"], path, SEED)
 
 
+# Added to the last bias of SAM 2's object-score head in the video tests' checkpoint:
+# with seeded random weights that head says "absent" on every frame (empty masks
+# everywhere, so every comparison would be trivially equal); +1 makes it say
+# "present" (logits about 0.9) while the rest of the network is untouched.
+VIDEO_OBJECT_BIAS = 1.0
+
+
+@pytest.fixture(scope="session")
+def video_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint, with objects that SAM 2 sees (see VIDEO_OBJECT_BIAS). The
+    image tests keep `tiny_checkpoint`: their oracles are calibrated on it."""
+    import torch
+
+    payload = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    payload["model"]["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] += VIDEO_OBJECT_BIAS
+    path = tmp_path_factory.mktemp("ckpt-video") / "sam2.1_hiera_tiny-random-video.pt"
+    torch.save(payload, path)  # keeps the random-weights marker: results say "random"
+    return path
+
+
 def start_fleet(
     redis: RedisServer,
     checkpoint: Path,

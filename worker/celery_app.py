@@ -17,6 +17,8 @@ from typing import Any
 # segments keep the caching allocator from fragmenting into many odd-sized blocks.
 # An explicit setting in the environment wins.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+# SAM 2's video predictor draws a tqdm progress bar per tracking pass: noise in logs.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import (

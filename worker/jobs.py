@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import torch
@@ -105,8 +107,13 @@ class JobRunner:
 
     def settle(self, job_id: str, record: JobRecord, encoded: Encoded | None = None) -> Outcome:
         """Run a started job and write its terminal state (none when cancelled)."""
+        return self.settle_with(job_id, partial(self._compute, job_id, record, encoded))
+
+    def settle_with(self, job_id: str, compute: Callable[[], dict[str, Any]]) -> Outcome:
+        """Write the terminal state of a started job whose result `compute` makes: the
+        same failure handling for every kind of job (a video job brings its own)."""
         try:
-            self.succeed(job_id, self._compute(job_id, record, encoded))
+            self.succeed(job_id, compute())
             return "succeeded"
         except JobCancelled:
             log.info("job %s cancelled while running; stopped at a safe point", job_id)

@@ -38,6 +38,7 @@ from sam2fleet.shared.metrics import (
 from sam2fleet.shared.records import JobRecord
 from sam2fleet.shared.schemas import ErrorBody
 from sam2fleet.shared.settings import Settings
+from sam2fleet.worker import video_metrics
 from sam2fleet.worker.gpu import CacheClearer, DeviceMemory
 from sam2fleet.worker.model import SegmentationModel
 from sam2fleet.worker.store import JobStore
@@ -232,6 +233,8 @@ class JobMetrics:
 
 
 def _batch_size(record: JobRecord) -> int:
+    if record.mode == "video":
+        return 1  # one video per job; its objects are tracked one after another
     spec = record.spec
     if spec.mode == "auto":
         return spec.auto.points_per_side**2
@@ -266,6 +269,7 @@ def observe(
         MASKS.labels(name, mode, worker)
     CACHE_HITS.labels(name, worker)
     CACHE_MISSES.labels(name, worker)
+    video_metrics.prepare(name)
     MODEL_LOAD.labels(name, worker).set(model.load_seconds)
     WARMUP.labels(name, worker).set(warmup_s)
     WORKER_UP.labels(name, str(memory.device), worker).set(1)

@@ -2,7 +2,8 @@
 
 The job runner (worker/jobs.py) runs one job to its terminal write; with cross-job
 batching on, a prompt job goes to the batch runner (worker/batching.py), which takes
-more waiting prompt jobs along. What each failure leads to: worker/failures.py.
+more waiting prompt jobs along; a video job goes to worker/video_jobs.py. What each
+failure leads to: worker/failures.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from sam2fleet.shared.queue import SEGMENT_TASK
-from sam2fleet.worker import runtime
+from sam2fleet.worker import runtime, video_jobs
 from sam2fleet.worker.jobs import Outcome
 
 
@@ -22,7 +23,9 @@ def segment(job_id: str) -> str:
         return "skipped"
     outcome: Outcome = "failed"  # if an exception escapes the runner
     try:
-        if record.mode == "prompt" and rt.batcher is not None:
+        if record.mode == "video":  # worker/video_jobs.py; clicks are answered between frames
+            outcome = video_jobs.run(rt, job_id, record)
+        elif record.mode == "prompt" and rt.batcher is not None:
             outcome = rt.batcher.run(job_id, record)
         else:
             outcome = rt.runner.settle(job_id, record)

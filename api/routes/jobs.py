@@ -6,10 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 
+from sam2fleet.api import video_jobs
 from sam2fleet.api.auth import Owner, check_rate
 from sam2fleet.api.deps import ServiceDep, SettingsDep
 from sam2fleet.api.openapi import answers
 from sam2fleet.api.payload import job_from_request
+from sam2fleet.api.routes.videos import video_store
 from sam2fleet.shared.errors import InvalidInput
 from sam2fleet.shared.schemas import JobPublic
 
@@ -62,6 +64,12 @@ async def submit_job(
 ) -> Any:
     """Validate fully, admit, store the image once, queue the job; 202 with its id."""
     await check_rate(request, owner)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.body()
+        if video_jobs.is_video_job(body):  # api/video_jobs.py
+            return await video_jobs.submit(
+                body, service, video_store(request), owner, idempotency_key
+            )
     spec, image_bytes, image_id = await job_from_request(request, settings)
     if image_bytes is not None:
         image = service.probe(image_bytes)  # stored only once the job is admitted

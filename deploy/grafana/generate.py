@@ -391,7 +391,47 @@ def throughput() -> Board:
         ],
         width=8,
     )
+    video(board, selector)
     return board
+
+
+def video(board: Board, selector: str) -> None:
+    """Video jobs (docs/video.md): frames tracked, time per frame, memory held."""
+    board.row("Video")
+    board.panel(
+        "Video frames/s per worker",
+        "Frames SAM 2's video predictor tracked (all objects of a frame count once).",
+        [(summed_rate("sam2fleet_video_frames_tracked_total", selector, "worker"), "{{worker}}")],
+        unit="short",
+        width=8,
+    )
+    board.panel(
+        "Time per video frame p50 / p95 / p99",
+        "Decoding, tracking, encoding and writing one frame's record (prompt jobs "
+        "answered between frames excluded).",
+        [
+            (
+                quantile(level, "sam2fleet_video_frame_seconds", selector, "model"),
+                percentile(level) + " {{model}}",
+            )
+            for level in PERCENTILES
+        ],
+        unit="s",
+        width=8,
+    )
+    board.panel(
+        "Memory during video jobs",
+        "Tensors SAM 2's tracking state holds (flat in the video's length: outputs SAM 2 "
+        "no longer reads are dropped), the device's allocated bytes, and the worker "
+        "process's resident memory (decoded frames and the host side of a CPU worker).",
+        [
+            (f"sam2fleet_video_state_bytes{{{selector}}}", "state {{worker}}"),
+            (f"sam2fleet_gpu_memory_allocated_bytes{BY_WORKER}", "device allocated {{worker}}"),
+            ('process_resident_memory_bytes{job="sam2fleet-worker"}', "resident {{instance}}"),
+        ],
+        unit="bytes",
+        width=8,
+    )
 
 
 BOARDS = {"gpu-memory.json": gpu_memory, "latency.json": latency, "throughput.json": throughput}

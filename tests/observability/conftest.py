@@ -43,9 +43,10 @@ class MetricsFleet(Fleet):
 class Traffic:
     succeeded: dict[str, list[str]] = field(default_factory=lambda: {"prompt": [], "auto": []})
     failed: list[str] = field(default_factory=list)
+    video: list[str] = field(default_factory=list)  # succeeded video jobs of VIDEO_FRAMES
 
     def all_ids(self) -> list[str]:
-        return [*self.succeeded["prompt"], *self.succeeded["auto"], *self.failed]
+        return [*self.succeeded["prompt"], *self.succeeded["auto"], *self.failed, *self.video]
 
 
 @dataclass
@@ -80,6 +81,7 @@ class ObsFleet:
                     )["id"]
                 ],
             }
+            video = self.run_video(i)
             big = b64(encode(scene(400, 300, seed=9)))  # 120,000 px: over the workers' cap
             failing = submit(self.api, {"image": big, "prompts": [{"box": [1, 1, 50, 50]}]})
             for mode, job_ids in ids.items():
@@ -87,6 +89,9 @@ class ObsFleet:
                     job = wait(self.api, job_id)
                     assert job["status"] == "succeeded", job
                     traffic.succeeded[mode].append(job_id)
+            job = wait(self.api, video)
+            assert job["status"] == "succeeded", job
+            traffic.video.append(video)
             job = wait(self.api, failing["id"])
             assert job["status"] == "failed" and job["error"]["type"] == "image_too_large", job
             traffic.failed.append(failing["id"])
@@ -98,6 +103,19 @@ class ObsFleet:
             assert r.status_code == 503, r.text
             assert httpx.post(f"{self.api}/v1/jobs", json={"prompts": []}).status_code == 422
             assert httpx.get(f"{self.api}/v1/jobs/{'0' * 32}").status_code == 404
+
+    def run_video(self, seed: int) -> str:
+        """A short video job (tests/observability/test_video_metrics.py)."""
+        from tests.system.video_client import upload
+        from tests.video_support import encode_video, moving_frames
+
+        data = encode_video(moving_frames(VIDEO_FRAMES, 96, 64, seed=seed))
+        video_id = upload(self.api, data)["video_id"]
+        prompts = [{"obj_id": 1, "frame": 0, "points": [[30, 30]], "labels": [1]}]
+        return submit(self.api, {"mode": "video", "video_id": video_id, "prompts": prompts})["id"]
+
+
+VIDEO_FRAMES = 3
 
 
 @pytest.fixture(scope="package")

@@ -144,8 +144,8 @@ def test_histogram_counts_grow_with_jobs(obs: ObsFleet, traffic: Traffic) -> Non
     obs.run_traffic(traffic)
     after = counts()
     assert after[0] == before[0] + 3  # two prompt jobs and one automatic job embedded
-    assert after[1] == before[1] + 4  # and the failing one, end to end
-    assert after[2] >= before[2] + 6
+    assert after[1] == before[1] + 5  # and the failing one and the video job, end to end
+    assert after[2] >= before[2] + 7
 
 
 def test_gateway_labels_routes_by_template_and_errors_by_type(
