@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 
 from sam2fleet.api import metrics
 from sam2fleet.api.payload import parse_json
-from sam2fleet.api.service import JobService, check_prompts
+from sam2fleet.api.prompts import check_prompts
+from sam2fleet.api.service import JobService
 from sam2fleet.api.videos import VideoStore
 from sam2fleet.shared.errors import (
     InvalidInput,

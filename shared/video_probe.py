@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from sam2fleet.shared.errors import InvalidVideo, Sam2FleetError, UnsupportedVideo, VideoTooLarge
-from sam2fleet.shared.images import probe_image, verify_decodable
+from sam2fleet.shared.images import check_image, probe_image
 from sam2fleet.shared.schemas import VideoInfo
 from sam2fleet.shared.video_files import (
     ACCEPTED_CODECS,
@@ -198,7 +198,7 @@ def _probe_zip(
                     f"{other[0]}x{other[1]}, at {info.filename!r}); frames of a video share one"
                 )
             if number in (0, len(infos) - 1):
-                verify_decodable(data)
+                check_image(data, max_pixels=2**62)  # whole, not truncated
     width, height = sizes.pop()
     return VideoInfo(
         video_id=video_id,

@@ -1,44 +1,44 @@
-"""SAM 2's automatic mask generator, same records as Meta's, less work per image.
+"""SAM 2's automatic mask generator: Meta's records, less work per image.
 
 `FastAutomaticMaskGenerator` takes the knobs of Meta's `SAM2AutomaticMaskGenerator`
 (sam2 1.1.0; `multimask_output=True`, `use_m2m=False`, `output_mode="coco_rle"`)
-and returns the same list of records in the same order. What it does differently,
-measured on CPU with the tiny model at 1024 px (a 16-points-per-side run spends
-~90% of its time in the mask decoder, not in post-processing):
+and returns Meta's masks in Meta's order. The contract on every CPU, asserted by
+tests/worker/test_fast_amg.py under several CPU code paths: same count, grid points
+and crop boxes in the same order, each mask's IoU with Meta's >= 0.999, predicted
+IoU within 1e-5, stability score within 1e-3. Bit-identical only where measured
+(docs/performance.md): step 1 runs matrix products on (1, 4096, 256) where Meta's
+run on (B, 4096, 256), and a BLAS may order a product's additions differently by
+row count, processor and code path (MKL's generic path, `MKL_CBWR=COMPATIBLE`, does;
+an AVX2-only AMD EPYC flipped one mask pixel). Doing Meta's work on Meta's shapes
+instead kept little of the speed-up where thresholds remove candidates (ibid.).
+
+What it does differently (CPU, tiny model, 1024 px: ~90% of a run is the decoder):
 
 1. **Layer 1 of the decoder's two-way transformer is shared.** Before its first
    image-side update every point sees the same image tokens (image embedding + the
    "no mask" dense embedding + positional encoding), so the key/value projections
-   of the token→image attention and the query projection of the image→token
+   of the token->image attention and the query projection of the image->token
    attention are computed once per crop instead of once per point, and the image
-   embedding is never copied per point (Meta's `repeat_interleave`). The values are
-   the same float operations on the same inputs, so the logits and predicted IoUs
-   are bit-identical on CPU (checked by tests/worker/test_fast_amg.py).
+   embedding is never copied per point (Meta's `repeat_interleave`).
 2. **Output upscaling only where a mask can survive.** The predicted IoU comes from
    the IoU token alone; the two transposed convolutions, the LayerNorm2d and the
    hypernetwork product run only for points with at least one mask above
    `pred_iou_thresh` (Meta's own filter, `iou > thresh` when thresh > 0).
-3. **Full resolution only for survivors.** Meta upsamples every candidate of a batch
-   to the crop's full resolution before filtering; here only masks that pass the
-   IoU filter are upsampled (in chunks of `upsample_chunk`), and stability, the
-   threshold, boxes and the crop-edge filter are computed on those full-resolution
-   logits exactly as Meta does (no low-resolution approximation of stability).
+3. **Full resolution only for those points**, about `upsample_chunk` masks at a
+   time, by Meta's `postprocess_masks` on Meta's (points, 3, h, w) layout: torch
+   picks its interpolation kernel by channel and thread count (one thread: 3
+   channels take the channels-last kernel, 1 the generic one, which rounds
+   differently). Stability, threshold, boxes and crop-edge filter as Meta's.
 4. **Vectorised RLE.** Survivors of a chunk are encoded in one
    `pycocotools.mask.encode` call on a Fortran-ordered HxWxN uint8 array instead of
-   Meta's per-mask Python loop over change indices; the compressed counts are
-   identical.
+   Meta's per-mask Python loop (same counts for the same masks).
 
-NMS within a crop (`batched_nms` on boxes, predicted IoU as score), the crop boxes
-and the cross-crop NMS (smaller crops preferred) are Meta's, on the same tensors in
-the same order, so the set and order of masks match.
-
-Decoder batches: `points_per_batch` points per decoder call, as in Meta's generator,
-capped at `max_points_per_call` (default 128). On CPU larger calls were not faster
-(each point carries 4096 image tokens, so a call's activations grow ~10 MB per
-point and first-touch page faults dominate), and keeping Meta's batch boundaries
-keeps the decoder's small matrix products bit-identical to Meta's. The cap bounds
-memory (~1.5 GB of activations at 1024 px); the worker's out-of-memory retry that
-halves `points_per_batch` works here too.
+NMS within a crop, the crop boxes and the cross-crop NMS are Meta's, on the same
+tensors in the same order. Decoder batches: `points_per_batch` points per call, as
+in Meta's generator (so every per-point product has Meta's shape), capped at
+`max_points_per_call` (default 128) to bound memory (~1.5 GB of activations at
+1024 px; larger calls were not faster on CPU); the worker's out-of-memory retry
+that halves `points_per_batch` works here too.
 """
 
 from __future__ import annotations
@@ -163,8 +163,10 @@ class FastAutomaticMaskGenerator:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
         crop_size = cropped.shape[:2]
-        self.predictor.set_image(cropped)  # attribute lookup: the pipeline's hook
-        points_for_image = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
+        self.predictor.set_image(cropped)  # attribute lookup: model.generate's timing hook
+        grids: list[np.ndarray] | None = self.point_grids
+        assert grids is not None  # Meta's constructor builds them from points_per_side
+        points_for_image = grids[layer_idx] * np.array(crop_size)[None, ::-1]
 
         shared = self._shared_image_state()
         batch = max(1, min(self.points_per_batch, self.max_points_per_call))
@@ -209,10 +211,9 @@ class FastAutomaticMaskGenerator:
         )
 
         orig_h, orig_w = orig_size
-        # low_res: (P,3,h,w) for the P points with a mask above the IoU threshold;
-        # row_map: flat mask index (point-major, as Meta flattens) -> row of low_res.
-        low_res, iou_preds, row_map = self._decode(points, crop_size, shared)
+        keys, mask_tokens, iou_preds = self._transformer(points, crop_size, shared)
         n_masks = iou_preds.shape[1]
+        # Flat mask index = point * n_masks + mask, the order Meta flattens in.
         iou_flat = iou_preds.flatten(0, 1)
         points_flat = points.repeat_interleave(n_masks, dim=0)
         keep = (
@@ -220,21 +221,28 @@ class FastAutomaticMaskGenerator:
             if self.pred_iou_thresh > 0.0
             else torch.ones_like(iou_flat, dtype=torch.bool)
         )
-        # `low_res` holds only points with a surviving mask; map mask rows to it.
-        idx = keep.nonzero().squeeze(1)
-        low_rows = low_res.flatten(0, 1)
+        # Upscaling and full resolution only for points with a mask that can
+        # survive; whole points, in order, about `upsample_chunk` masks per call.
+        live_points = keep.view(-1, n_masks).any(dim=1).nonzero().squeeze(1)
+        if len(live_points) < len(points):  # no copy of the image tokens when all live
+            keys, mask_tokens = keys[live_points], mask_tokens[live_points]
+        low_res = self._low_res_masks(keys, mask_tokens, shared)
+        del keys
+        per_call = max(1, self.upsample_chunk // n_masks)
+        mask_ids = torch.arange(n_masks, device=keep.device)
 
         out: dict[str, list[Any]] = {
             k: [] for k in ("iou_preds", "points", "stability_score", "boxes")
         }
         rles: list[dict[str, Any]] = []
         areas: list[int] = []
-        for start in range(0, len(idx), self.upsample_chunk):
-            sel = idx[start : start + self.upsample_chunk]
-            rows = low_rows[row_map[sel]]
-            logits = self.predictor._transforms.postprocess_masks(rows.unsqueeze(1), crop_size)[
-                :, 0
-            ]
+        for start in range(0, len(live_points), per_call):
+            chunk = live_points[start : start + per_call]
+            flat = (chunk[:, None] * n_masks + mask_ids).flatten()
+            rows = low_res[start : start + per_call]
+            logits = self.predictor._transforms.postprocess_masks(rows, crop_size)
+            ok = keep[flat]
+            sel, logits = flat[ok], logits.flatten(0, 1)[ok]
             stability = calculate_stability_score(
                 logits, self.mask_threshold, self.stability_score_offset
             )
@@ -249,12 +257,7 @@ class FastAutomaticMaskGenerator:
             boxes = batched_mask_to_box(masks)
             edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
             if not torch.all(edge_ok):
-                masks, sel, stability, boxes = (
-                    masks[edge_ok],
-                    sel[edge_ok],
-                    stability[edge_ok],
-                    boxes[edge_ok],
-                )
+                masks, sel, stability, boxes = (t[edge_ok] for t in (masks, sel, stability, boxes))
             if len(sel) == 0:
                 continue
             areas.extend(int(a) for a in masks.flatten(1).sum(1, dtype=torch.int64).tolist())
@@ -300,13 +303,13 @@ class FastAutomaticMaskGenerator:
             "high_res": [f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
         }
 
-    def _decode(
+    def _transformer(
         self, points: torch.Tensor, crop_size: tuple[int, ...], shared: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Meta's `_predict` + `MaskDecoder.predict_masks` for single foreground
-        points, multimask output. Returns low-res logits of the points that have a
-        mask above the IoU threshold, the predicted IoUs of all points, and for
-        each flat (point, mask) index the row of the first result that holds it."""
+        """Meta's `_predict` + `MaskDecoder.predict_masks` up to the upscaling, for
+        single foreground points, multimask output: the image tokens after the
+        transformer (B,4096,256), the mask tokens (B,4,256) and the predicted IoUs
+        of the three multimask outputs (B,3)."""
         import torch.nn.functional as F
 
         model = self.predictor.model
@@ -362,28 +365,20 @@ class FastAutomaticMaskGenerator:
 
         iou_token_out = hs[:, s, :]
         mask_tokens_out = hs[:, s + 1 : (s + 1 + dec.num_mask_tokens), :]
-        iou_all = dec.iou_prediction_head(iou_token_out)
-        iou_pred = iou_all[:, 1:]  # multimask output
+        iou_pred = dec.iou_prediction_head(iou_token_out)[:, 1:]  # multimask output
+        return keys, mask_tokens_out, iou_pred
 
-        # --- output upscaling only for points with a mask that can survive
-        if self.pred_iou_thresh > 0.0:
-            point_keep = (iou_pred > self.pred_iou_thresh).any(dim=1)
-            pidx = point_keep.nonzero().squeeze(1)
-        else:
-            pidx = torch.arange(bsz, device=hs.device)
-        row_of_point = torch.full((bsz,), -1, dtype=torch.long, device=hs.device)
-        row_of_point[pidx] = torch.arange(len(pidx), device=hs.device)
-        n_out = iou_pred.shape[1]
-        row_map = row_of_point.repeat_interleave(n_out) * n_out + torch.arange(
-            n_out, device=hs.device
-        ).repeat(bsz)
+    def _low_res_masks(
+        self, keys: torch.Tensor, mask_tokens: torch.Tensor, shared: dict[str, Any]
+    ) -> torch.Tensor:
+        """`predict_masks`' output upscaling and hypernetwork product for the given
+        points: their three multimask low-res logits (P,3,h,w)."""
+        dec = self.predictor.model.sam_mask_decoder
         _, c, h, w = shared["src_shape"].tolist()
-        if len(pidx) == 0:
-            return hs.new_zeros((0, n_out, h * 4, w * 4)), iou_pred, row_map
-        sub_keys = keys[pidx] if len(pidx) != bsz else keys
-        sub_tokens = mask_tokens_out[pidx] if len(pidx) != bsz else mask_tokens_out
-        b = sub_keys.shape[0]
-        src = sub_keys.transpose(1, 2).view(b, c, h, w)
+        b = keys.shape[0]
+        if b == 0:
+            return keys.new_zeros((0, dec.num_mask_tokens - 1, h * 4, w * 4))
+        src = keys.transpose(1, 2).view(b, c, h, w)
         if not dec.use_high_res_features:
             upscaled = dec.output_upscaling(src)
         else:
@@ -393,14 +388,14 @@ class FastAutomaticMaskGenerator:
             upscaled = act2(dc2(upscaled) + feat_s0)
         hyper_in = torch.stack(
             [
-                dec.output_hypernetworks_mlps[i](sub_tokens[:, i, :])
+                dec.output_hypernetworks_mlps[i](mask_tokens[:, i, :])
                 for i in range(dec.num_mask_tokens)
             ],
             dim=1,
         )
         b, c2, h2, w2 = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
-        return masks[:, 1:], iou_pred, row_map
+        masks: torch.Tensor = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
+        return masks[:, 1:]
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:

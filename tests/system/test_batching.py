@@ -1,5 +1,6 @@
 """Cross-job batching through the real fleet: jobs that wait while the worker is busy
-are encoded in one forward pass, and each still gets Meta's masks."""
+are encoded in one forward pass, and each still gets Meta's masks (up to the rounding
+of a batched pass, see tests/oracle.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests import oracle
 from tests.conftest import SMALL, fleet_fixture
 from tests.support import Fleet, RedisServer, encode, scene
 from tests.system.client import b64, submit, wait
-from tests.system.test_oracle import assert_same, fleet_masks
+from tests.system.test_oracle import fleet_masks
 
 PREFIX = "batch"
 
@@ -53,11 +54,19 @@ def test_waiting_prompt_jobs_share_one_encoder_pass_and_match_meta(
     assert sizes[:4] == [4, 4, 4, 4], sizes
     assert len({j["result"]["timings"]["embed_s"] for j in done[:4]}) == 1  # one pass
     assert second["result"]["timings"]["embedding_cache_hit"] is True  # cached by the batch
-    for img, job in zip(images, done, strict=True):
-        assert_same(fleet_masks(job, 2), oracle.predict(tiny_checkpoint, SMALL, img, prompts, True))
-    assert_same(
-        fleet_masks(second, 1), oracle.predict(tiny_checkpoint, SMALL, images[0], prompts[:1], True)
+    # Meta's masks up to the rounding a batched encoder pass may change on some CPUs
+    # (tests/oracle.py); how many are bit-identical is printed (`pytest -s`).
+    checks = [(img, job, prompts) for img, job in zip(images, done, strict=True)]
+    checks.append((images[0], second, prompts[:1]))
+    differing = sum(
+        oracle.assert_close_prompt_masks(
+            fleet_masks(job, len(ps)),
+            oracle.predict(tiny_checkpoint, SMALL, img, ps, True),
+            img.shape[:2],
+        )
+        for img, job, ps in checks
     )
+    print(f"{differing} of {3 * (2 * len(images) + 1)} masks not bit-identical to Meta's")
     assert "batched with 3 more prompt job(s)" in batching_fleet.log("w0")
     assert r.llen(f"{PREFIX}:inflight:" + _worker_name(r)) == 0  # every message released
     r.close()

@@ -1,4 +1,5 @@
-"""The fleet's masks are SAM 2's masks: same RLE as Meta's classes called in-process."""
+"""The fleet's masks are SAM 2's masks: same RLE as Meta's predictor called in-process,
+and in automatic mode Meta's generator's masks within the fast generator's guarantee."""
 
 from __future__ import annotations
 
@@ -75,13 +76,11 @@ def test_automatic_masks_match_sam2_generator(fleet: Fleet, tiny_checkpoint: Pat
     direct = oracle.generate(tiny_checkpoint, SMALL, image, **knobs)
     got = job["result"]["masks"]
     assert len(direct) > 0
-    assert [m["segmentation"]["counts"] for m in got] == [
-        d["segmentation"]["counts"] for d in direct
-    ]
-    assert [m["area"] for m in got] == [d["area"] for d in direct]
-    assert np.allclose(
-        [m["predicted_iou"] for m in got], [d["predicted_iou"] for d in direct], atol=1e-5
-    )
+    assert any(0 < d["area"] < 256 * 192 for d in direct)
+    # The worker's fast generator: Meta's masks within the guarantee that holds on
+    # every CPU (bit-identical RLE only on some; see worker/fast_amg.py).
+    diff = oracle.assert_same_generated(got, direct)
+    print(f"automatic, {len(direct)} masks: not bit-identical to Meta's: {diff}")
     # Automatic masks answer no prompt: they carry the grid point that made them.
     assert all("prompt_index" not in m and len(m["point_coords"]) == 1 for m in got)
 
@@ -98,6 +97,6 @@ def test_automatic_crop_layers_and_min_region_match(fleet: Fleet, tiny_checkpoin
     job = run(fleet.base_url, {"image": b64(encode(image)), "mode": "auto", "auto": knobs})
     direct = oracle.generate(tiny_checkpoint, SMALL, image, **knobs)
     assert len(direct) > 0
-    assert [m["segmentation"]["counts"] for m in job["result"]["masks"]] == [
-        d["segmentation"]["counts"] for d in direct
-    ]
+    assert any(0 < d["area"] < 200 * 160 for d in direct)
+    diff = oracle.assert_same_generated(job["result"]["masks"], direct)
+    print(f"automatic with crops, {len(direct)} masks: not bit-identical to Meta's: {diff}")

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 import torch
@@ -20,6 +21,7 @@ from sam2fleet.worker.batching import Gatherer
 from sam2fleet.worker.model import SegmentationModel
 from sam2fleet.worker.runtime import Runtime
 from sam2fleet.worker.store import JobStore
+from tests import oracle
 from tests.conftest import SMALL
 from tests.support import RedisServer, scene
 
@@ -39,22 +41,36 @@ def test_a_batched_encoder_pass_gives_each_image_its_own_embedding(
     prompts = [Prompt(points=[[40.0, 30.0]], labels=[1]), Prompt(box=[5, 5, 80, 60])]
     batched = model.embed_batch(images)
     assert len(batched) == 3
+    # The batched pass runs the encoder's products on more rows than one image's,
+    # which some CPUs round differently in the last bit (docs/performance.md): equal
+    # up to float32 rounding (another image's features would be far off), and how
+    # much is bit-identical is counted and printed (`pytest -s`).
+    features = same_features = masks = same_masks = 0
     for image, embedding in zip(images, batched, strict=True):
         model.embed(image)
         alone = model.predictor._features
         assert embedding.orig_hw == [image.shape[:2]]
-        assert torch.equal(alone["image_embed"], embedding.features["image_embed"])
-        for a, b in zip(alone["high_res_feats"], embedding.features["high_res_feats"], strict=True):
-            assert torch.equal(a, b)
+        pairs = [(alone["image_embed"], embedding.features["image_embed"])]
+        pairs += zip(alone["high_res_feats"], embedding.features["high_res_feats"], strict=True)
+        for a, b in pairs:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+            features, same_features = features + 1, same_features + torch.equal(a, b)
         expected = model.predict(prompts, multimask=True)
         assert model.use(embedding) == image.shape[:2]
         got = model.predict(prompts, multimask=True)
         for e, g in zip(expected, got, strict=True):
-            assert (e.masks == g.masks).all() and (e.scores == g.scores).all()
+            assert np.allclose(g.scores, e.scores, atol=oracle.PREDICTED_IOU_TOLERANCE, rtol=0)
+            for want, have in zip(e.masks, g.masks, strict=True):
+                assert oracle.mask_iou(want, have) >= oracle.MIN_MASK_IOU
+                masks, same_masks = masks + 1, same_masks + bool((want == have).all())
         # Its own storage, not a view into the batch: the cache counts true bytes.
         assert embedding.features["image_embed"].untyped_storage().nbytes() == (
             embedding.features["image_embed"].numel() * 4
         )
+    print(
+        f"bit-identical to one image at a time: {same_features} of {features} feature maps, "
+        f"{same_masks} of {masks} masks"
+    )
 
 
 # --- taking jobs out of the queues ------------------------------------------------
