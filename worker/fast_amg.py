@@ -50,6 +50,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torchvision.ops.boxes import batched_nms, box_area
 
+from sam2fleet.worker import fast_decoder
+
 DEFAULT_MAX_POINTS_PER_CALL = 128
 DEFAULT_UPSAMPLE_CHUNK = 16
 
@@ -168,7 +170,7 @@ class FastAutomaticMaskGenerator:
         assert grids is not None  # Meta's constructor builds them from points_per_side
         points_for_image = grids[layer_idx] * np.array(crop_size)[None, ::-1]
 
-        shared = self._shared_image_state()
+        shared = fast_decoder.shared_image_state(self.predictor)
         batch = max(1, min(self.points_per_batch, self.max_points_per_call))
         parts = []
         for start in range(0, len(points_for_image), batch):
@@ -211,7 +213,9 @@ class FastAutomaticMaskGenerator:
         )
 
         orig_h, orig_w = orig_size
-        keys, mask_tokens, iou_preds = self._transformer(points, crop_size, shared)
+        keys, mask_tokens, iou_preds = fast_decoder.transformer(
+            self.predictor, points, crop_size, shared
+        )
         n_masks = iou_preds.shape[1]
         # Flat mask index = point * n_masks + mask, the order Meta flattens in.
         iou_flat = iou_preds.flatten(0, 1)
@@ -226,7 +230,7 @@ class FastAutomaticMaskGenerator:
         live_points = keep.view(-1, n_masks).any(dim=1).nonzero().squeeze(1)
         if len(live_points) < len(points):  # no copy of the image tokens when all live
             keys, mask_tokens = keys[live_points], mask_tokens[live_points]
-        low_res = self._low_res_masks(keys, mask_tokens, shared)
+        low_res = fast_decoder.low_res_masks(self.predictor, keys, mask_tokens, shared)
         del keys
         per_call = max(1, self.upsample_chunk // n_masks)
         mask_ids = torch.arange(n_masks, device=keep.device)
@@ -277,125 +281,6 @@ class FastAutomaticMaskGenerator:
         return data
 
     # ------------------------------------------------------------------ decoder
-    def _shared_image_state(self) -> dict[str, Any]:
-        """What every point of this crop shares: image tokens and layer-1 projections."""
-        model = self.predictor.model
-        pe_enc = model.sam_prompt_encoder
-        feats = self.predictor._features
-        image_embed = feats["image_embed"][-1].unsqueeze(0)
-        dense = pe_enc.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, pe_enc.image_embedding_size[0], pe_enc.image_embedding_size[1]
-        )
-        src = image_embed + dense  # Meta: repeat_interleave(image) + dense, per point
-        image_pe = pe_enc.get_dense_pe()
-        keys0 = src.flatten(2).permute(0, 2, 1)
-        pe = image_pe.flatten(2).permute(0, 2, 1)
-        layer = model.sam_mask_decoder.transformer.layers[0]
-        k = keys0 + pe
-        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        return {
-            "src_shape": torch.tensor(src.shape),
-            "keys0": keys0,
-            "pe": pe,
-            "t2i_k": t2i._separate_heads(t2i.k_proj(k), t2i.num_heads),
-            "t2i_v": t2i._separate_heads(t2i.v_proj(keys0), t2i.num_heads),
-            "i2t_q": i2t._separate_heads(i2t.q_proj(k), i2t.num_heads),
-            "high_res": [f[-1].unsqueeze(0) for f in feats["high_res_feats"]],
-        }
-
-    def _transformer(
-        self, points: torch.Tensor, crop_size: tuple[int, ...], shared: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Meta's `_predict` + `MaskDecoder.predict_masks` up to the upscaling, for
-        single foreground points, multimask output: the image tokens after the
-        transformer (B,4096,256), the mask tokens (B,4,256) and the predicted IoUs
-        of the three multimask outputs (B,3)."""
-        import torch.nn.functional as F
-
-        model = self.predictor.model
-        dec = model.sam_mask_decoder
-        in_points = self.predictor._transforms.transform_coords(
-            points, normalize=True, orig_hw=crop_size
-        )
-        labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        sparse, _dense = model.sam_prompt_encoder(
-            points=(in_points[:, None, :], labels[:, None]), boxes=None, masks=None
-        )
-        bsz = sparse.shape[0]
-
-        s = 0
-        if dec.pred_obj_scores:
-            output_tokens = torch.cat(
-                [dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], 0
-            )
-            s = 1
-        else:
-            output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
-        output_tokens = output_tokens.unsqueeze(0).expand(bsz, -1, -1)
-        tokens = torch.cat((output_tokens, sparse), dim=1)
-
-        # --- two-way transformer, layer 1 with shared image-side projections
-        tr = dec.transformer
-        layer = tr.layers[0]
-        keys0, pe = shared["keys0"], shared["pe"]
-        queries = layer.self_attn(q=tokens, k=tokens, v=tokens)  # skip_first_layer_pe
-        queries = layer.norm1(queries)
-        t2i = layer.cross_attn_token_to_image
-        q = t2i._separate_heads(t2i.q_proj(queries + tokens), t2i.num_heads)
-        # Materialised per point (cheap: 128 channels): SDPA over a stride-0 batch
-        # takes another path and differs from Meta's in the last bit.
-        kk = shared["t2i_k"].expand(bsz, -1, -1, -1).contiguous()
-        vv = shared["t2i_v"].expand(bsz, -1, -1, -1).contiguous()
-        attn = t2i.out_proj(t2i._recombine_heads(F.scaled_dot_product_attention(q, kk, vv)))
-        queries = layer.norm2(queries + attn)
-        queries = layer.norm3(queries + layer.mlp(queries))
-        i2t = layer.cross_attn_image_to_token
-        qt = queries + tokens
-        k = i2t._separate_heads(i2t.k_proj(qt), i2t.num_heads)
-        v = i2t._separate_heads(i2t.v_proj(queries), i2t.num_heads)
-        qq = shared["i2t_q"].expand(bsz, -1, -1, -1).contiguous()
-        attn = i2t.out_proj(i2t._recombine_heads(F.scaled_dot_product_attention(qq, k, v)))
-        keys = layer.norm4(keys0 + attn)
-        del attn, qq, k, v
-        # --- remaining layers and the final attention: Meta's modules, per point
-        for layer in tr.layers[1:]:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=pe)
-        attn_out = tr.final_attn_token_to_image(q=queries + tokens, k=keys + pe, v=keys)
-        hs = tr.norm_final_attn(queries + attn_out)
-
-        iou_token_out = hs[:, s, :]
-        mask_tokens_out = hs[:, s + 1 : (s + 1 + dec.num_mask_tokens), :]
-        iou_pred = dec.iou_prediction_head(iou_token_out)[:, 1:]  # multimask output
-        return keys, mask_tokens_out, iou_pred
-
-    def _low_res_masks(
-        self, keys: torch.Tensor, mask_tokens: torch.Tensor, shared: dict[str, Any]
-    ) -> torch.Tensor:
-        """`predict_masks`' output upscaling and hypernetwork product for the given
-        points: their three multimask low-res logits (P,3,h,w)."""
-        dec = self.predictor.model.sam_mask_decoder
-        _, c, h, w = shared["src_shape"].tolist()
-        b = keys.shape[0]
-        if b == 0:
-            return keys.new_zeros((0, dec.num_mask_tokens - 1, h * 4, w * 4))
-        src = keys.transpose(1, 2).view(b, c, h, w)
-        if not dec.use_high_res_features:
-            upscaled = dec.output_upscaling(src)
-        else:
-            dc1, ln1, act1, dc2, act2 = dec.output_upscaling
-            feat_s0, feat_s1 = shared["high_res"]
-            upscaled = act1(ln1(dc1(src) + feat_s1))
-            upscaled = act2(dc2(upscaled) + feat_s0)
-        hyper_in = torch.stack(
-            [
-                dec.output_hypernetworks_mlps[i](mask_tokens[:, i, :])
-                for i in range(dec.num_mask_tokens)
-            ],
-            dim=1,
-        )
-        b, c2, h2, w2 = upscaled.shape
-        masks: torch.Tensor = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
-        return masks[:, 1:]
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
