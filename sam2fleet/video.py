@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 from sam2fleet.client import TERMINAL, ApiError, Client, WaitTimeout, decode_segmentation
+from sam2fleet.client.models import VideoInfo
 from sam2fleet.client.retry import RETRY_EXCEPTIONS
 
 CONTENT_TYPES = {
@@ -44,24 +45,6 @@ CONTENT_TYPES = {
 }
 VIDEO_EXTS = frozenset(CONTENT_TYPES)
 STREAM_READ_TIMEOUT_S = 600.0  # one frame of a large video on a slow worker, at most
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    video_id: str
-    frames: int
-    fps: float
-    width: int
-    height: int
-    duration_s: float
-    codec: str
-    container: str
-    rotation: int = 0
-    bytes: int = 0
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> VideoInfo:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass(frozen=True)

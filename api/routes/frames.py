@@ -10,12 +10,13 @@ from fastapi.responses import Response, StreamingResponse
 from sam2fleet.api import video_jobs
 from sam2fleet.api.auth import Owner
 from sam2fleet.api.deps import ServiceDep
+from sam2fleet.api.openapi import answers
 from sam2fleet.shared.video_schemas import FramePage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.get("/{job_id}/frames", responses={200: {"model": FramePage}})
+@router.get("/{job_id}/frames", responses={200: {"model": FramePage}} | answers(401, 404, 422, 503))
 async def get_frames(
     job_id: str,
     service: ServiceDep,
@@ -31,7 +32,7 @@ async def get_frames(
 
 @router.get(
     "/{job_id}/frames/stream",
-    responses={200: {"content": {"application/x-ndjson": {}}}},
+    responses={200: {"content": {"application/x-ndjson": {}}}} | answers(401, 404, 422, 503),
     response_class=StreamingResponse,
 )
 async def stream_frames(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from sam2fleet.api.auth import Owner, check_rate
 from sam2fleet.api.deps import SettingsDep
+from sam2fleet.api.openapi import answers
 from sam2fleet.api.videos import VideoStore, read_upload
 from sam2fleet.shared.errors import NotFound
 from sam2fleet.shared.schemas import VideoInfo
@@ -39,7 +40,13 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-@router.post("", status_code=201, response_model=VideoInfo, openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "",
+    status_code=201,
+    response_model=VideoInfo,
+    openapi_extra=_UPLOAD_BODY,
+    responses=answers(400, 401, 413, 415, 422, 429, 503),
+)
 async def upload_video(
     request: Request,
     videos: VideosDep,
@@ -59,7 +66,7 @@ async def upload_video(
         upload.close()
 
 
-@router.get("/{video_id}", response_model=VideoInfo)
+@router.get("/{video_id}", response_model=VideoInfo, responses=answers(401, 404, 503))
 async def get_video(video_id: str, videos: VideosDep, owner: Owner) -> Any:
     stored = await videos.get(owner, video_id)
     if stored is None:

@@ -7,7 +7,8 @@ caller gives none), and uploads are content-addressed, so a retried request neve
 makes a second job.
 
     errors.py    ApiError, JobFailed, WaitTimeout
-    models.py    the typed results: Job, Result, Mask, ImageInfo, ModelStamp, Timings
+    models.py    the typed results: Job, Result, Mask, ImageInfo, ModelStamp, Timings;
+                 a video job's VideoResult, VideoInfo, ObjectSummary, Progress
     payloads.py  image bytes and the submit body
     retry.py     RetryPolicy: what is retried, after how long
     calls.py     every call once, as steps that yield the I/O they need
@@ -24,8 +25,12 @@ from sam2fleet.client.models import (
     Job,
     Mask,
     ModelStamp,
+    ObjectSummary,
+    Progress,
     Result,
     Timings,
+    VideoInfo,
+    VideoResult,
     decode_segmentation,
 )
 from sam2fleet.client.payloads import ImageLike, JobOptions, image_bytes, submit_body
@@ -48,10 +53,14 @@ __all__ = [
     "JobOptions",
     "Mask",
     "ModelStamp",
+    "ObjectSummary",
+    "Progress",
     "Result",
     "Retry",
     "RetryPolicy",
     "Timings",
+    "VideoInfo",
+    "VideoResult",
     "WaitTimeout",
     "decode_segmentation",
     "image_bytes",

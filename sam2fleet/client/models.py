@@ -2,9 +2,10 @@
 
 They mirror the server's response schemas (`sam2fleet.shared.schemas`, which need
 pydantic) field for field, under the names users know: `Job` is `JobPublic`, `Result`
-is `JobResult`, `Mask` is `MaskRecord`. tests/client/test_models_match_schemas.py
-fails when the server sends a field the client does not read. A mask's
-`segmentation` stays the JSON object, the COCO RLE that pycocotools decodes as is.
+is `JobResult` (an image job's; a video job's is `VideoResult`), `Mask` is
+`MaskRecord`. tests/client/test_models_match_schemas.py fails when the server sends
+a field the client does not read. A mask's `segmentation` stays the JSON object, the
+COCO RLE that pycocotools decodes as is.
 Reading is lenient (a status or field added by a newer server does not break an older
 client) and `raw` keeps the answer as it came.
 """
@@ -161,34 +162,118 @@ class Result:
 
 
 @dataclass(frozen=True)
+class VideoInfo:
+    """A stored video as `POST /v1/videos` answers it (sizes as displayed)."""
+
+    video_id: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
+    codec: str
+    container: str
+    rotation: int = 0
+    bytes: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VideoInfo:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class ObjectSummary:
+    """One tracked object over a finished video job."""
+
+    obj_id: int
+    frames_present: int
+    first_frame: int | None = None
+    last_frame: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ObjectSummary:
+        return cls(
+            int(d["obj_id"]),
+            int(d.get("frames_present", 0)),
+            _opt_int(d.get("first_frame")),
+            _opt_int(d.get("last_frame")),
+        )
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """A video job's summary; its masks are read per frame (`Videos.frames`)."""
+
+    video: VideoInfo
+    model: ModelStamp
+    frames: int
+    objects: list[ObjectSummary]
+    timings: dict[str, float]
+    notes: list[str]
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VideoResult:
+        return cls(
+            VideoInfo.from_dict(d["video"]),
+            ModelStamp.from_dict(d["model"]),
+            int(d.get("frames", 0)),
+            [ObjectSummary.from_dict(o) for o in d.get("objects") or []],
+            {k: float(v) for k, v in (d.get("timings") or {}).items()},
+            list(d.get("notes") or []),
+            dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running video job: frame records written and to write."""
+
+    frames_done: int
+    frames_total: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Progress:
+        return cls(int(d["frames_done"]), int(d["frames_total"]))
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     status: str
     model: str
     mode: str
-    image_id: str
+    image_id: str | None
+    video_id: str | None
     created_at: float
     started_at: float | None
     finished_at: float | None
     attempts: int
-    result: Result | None
+    progress: Progress | None
+    result: Result | VideoResult | None
     error: ErrorBody | None
     raw: dict[str, Any] = field(repr=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Job:
-        result, error = d.get("result"), d.get("error")
+        result, error, progress = d.get("result"), d.get("error"), d.get("progress")
+        read: Result | VideoResult | None = None
+        if result:
+            kind = VideoResult if d["mode"] == "video" else Result
+            read = kind.from_dict(result)
         return cls(
             d["id"],
             d["status"],
             d["model"],
             d["mode"],
-            d["image_id"],
+            d.get("image_id"),
+            d.get("video_id"),
             float(d["created_at"]),
             _opt_float(d.get("started_at")),
             _opt_float(d.get("finished_at")),
             int(d.get("attempts") or 0),
-            Result.from_dict(result) if result else None,
+            Progress.from_dict(progress) if progress else None,
+            read,
             ErrorBody.from_dict(error) if error else None,
             dict(d),
         )
@@ -202,7 +287,8 @@ class Job:
         return self.status == "succeeded"
 
     def result_or_raise(self) -> Result:
-        if self.status != "succeeded" or self.result is None:
+        """An image job's result; raises `JobFailed` unless it succeeded."""
+        if self.status != "succeeded" or not isinstance(self.result, Result):
             raise JobFailed(self)
         return self.result
 

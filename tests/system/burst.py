@@ -23,12 +23,17 @@ from tests.system.client import b64, submit
 
 # Routes of the API as a client names them; `{id}` becomes a random job id.
 ROUTE_PATHS = (
+    "/",
     "/livez",
     "/readyz",
     "/metrics",
     "/v1/jobs",
     "/v1/jobs/{id}",
+    "/v1/jobs/{id}/frames",
+    "/v1/jobs/{id}/frames/stream",
     "/v1/images",
+    "/v1/videos",
+    "/v1/videos/{id}",
     "/v1/models",
     "/segment",
 )
@@ -184,6 +189,8 @@ def visit_every_label(url: str) -> None:
         c.request("ZZZA", "/no/such/path")
         for method in USUAL_METHODS:
             c.request(method, "/no/such/path")
+            # A made-up path of "." and ".." segments collapses to "/", the playground.
+            c.request(method, "/")
 
 
 def wait_until_empty(r: redis.Redis, prefix: str, model: str, timeout: float) -> None:
