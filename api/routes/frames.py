@@ -16,7 +16,9 @@ from sam2fleet.shared.video_schemas import FramePage
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.get("/{job_id}/frames", responses={200: {"model": FramePage}} | answers(401, 404, 422, 503))
+@router.get(
+    "/{job_id}/frames", responses={**answers(401, 404, 422, 503), 200: {"model": FramePage}}
+)
 async def get_frames(
     job_id: str,
     service: ServiceDep,
@@ -32,7 +34,7 @@ async def get_frames(
 
 @router.get(
     "/{job_id}/frames/stream",
-    responses={200: {"content": {"application/x-ndjson": {}}}} | answers(401, 404, 422, 503),
+    responses={**answers(401, 404, 422, 503), 200: {"content": {"application/x-ndjson": {}}}},
     response_class=StreamingResponse,
 )
 async def stream_frames(
