@@ -20,6 +20,7 @@ import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from sam2fleet.shared.errors import InvalidImage, JobTimeout, Sam2FleetError
+from sam2fleet.shared.logs import job_context
 from sam2fleet.shared.records import JobRecord
 from sam2fleet.shared.schemas import ErrorBody, JobSpec
 from sam2fleet.shared.settings import Settings
@@ -101,7 +102,11 @@ class JobRunner:
         attempts (the start script fails it then)."""
         record = self.store.start(job_id)
         if record is None:
-            log.info("job %s skipped: gone, cancelled, finished or out of attempts", job_id)
+            log.info(
+                "job %s skipped: gone, cancelled, finished or out of attempts",
+                job_id,
+                extra={"job_id": job_id},  # maybe inside another job's task
+            )
             self.observer.not_started(job_id)
         else:
             self.observer.started(record)
@@ -114,6 +119,12 @@ class JobRunner:
     def settle_with(self, job_id: str, compute: Callable[[], dict[str, Any]]) -> Outcome:
         """Write the terminal state of a started job whose result `compute` makes: the
         same failure handling for every kind of job (a video job brings its own)."""
+        # Bound here, not only by the Celery task hook: a job taken into a batch or
+        # answered between a video's frames runs inside another job's task.
+        with job_context(job_id):
+            return self._settle(job_id, compute)
+
+    def _settle(self, job_id: str, compute: Callable[[], dict[str, Any]]) -> Outcome:
         try:
             self.succeed(job_id, compute())
             return "succeeded"
@@ -133,7 +144,11 @@ class JobRunner:
             return "failed"
 
     def succeed(self, job_id: str, result: dict[str, Any]) -> None:
-        self.observer.succeeded(job_id, result, self.store.succeed(job_id, result))
+        written = self.store.succeed(job_id, result)
+        # One line per result actually written: the failover tests and the chaos run
+        # count these across workers, independently of what Redis kept.
+        log.info("job %s: %s", job_id, "result written" if written else "ended already")
+        self.observer.succeeded(job_id, result, written)
 
     def fail(self, job_id: str, error: Sam2FleetError) -> None:
         body = error.to_body()

@@ -97,12 +97,17 @@ class DepthSampler:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @contextmanager
-    def running(self) -> Iterator[DepthSampler]:
+    def running(self, min_samples: int = 0) -> Iterator[DepthSampler]:
+        """Samples while the block runs and, after it, until `min_samples` were taken (at
+        most 10 s more: a loaded machine may starve the thread during a short burst)."""
         thread = threading.Thread(target=self._run, daemon=True)
         thread.start()
         try:
             yield self
         finally:
+            deadline = time.monotonic() + 10
+            while self.samples < min_samples and time.monotonic() < deadline:
+                time.sleep(0.01)
             self._stop.set()
             thread.join(timeout=10)
 

@@ -68,13 +68,15 @@ def test_queue_cap_holds_under_a_burst_on_two_api_processes(
     r = redis.Redis.from_url(redis_server.url)
     blocker = hold_the_worker(r, PREFIX, urls[0], HOLD_S)
     body = {"image": b64(encode(scene(120, 90, seed=5))), "prompts": [{"box": [5, 5, 60, 50]}]}
-    with DepthSampler(redis_server.url, PREFIX, MODEL).running() as sampler:
+    # Sampling goes on after the burst until 20 samples: the worker is held, so the
+    # queue keeps whatever was admitted.
+    with DepthSampler(redis_server.url, PREFIX, MODEL).running(min_samples=20) as sampler:
         answers = burst(urls, body, CLIENTS)
     # The worker was busy throughout, so whatever was admitted is still waiting.
     assert httpx.get(f"{urls[0]}/v1/jobs/{blocker}").json()["status"] == "running"
     accepted = [a.json()["id"] for a in answers if a.status_code == 202]
     refused = [a for a in answers if a.status_code != 202]
-    assert sampler.samples > 20, sampler
+    assert sampler.samples >= 20, sampler
     assert sampler.deepest <= CAP, f"the queue reached {sampler.deepest} jobs; the cap is {CAP}"
     assert waiting_messages(r, PREFIX, MODEL) == len(accepted) <= CAP
     assert len(accepted) >= CAP // 2, f"only {len(accepted)} admitted: the burst never filled"
