@@ -369,15 +369,20 @@ return 'running'
 # behalf by a supervisor, e.g. past the hard time limit), the job id. Every call is
 # counted (terminal_attempts) before the guards, so a job that ran to the end twice is
 # visible even though only one outcome is kept. Returns 1 written, 0 refused (the job
-# is gone or already ended), -1 fenced: the writer no longer holds the job (a sweep
-# gave it to another worker while this one was cut off), counted in fenced_writes.
+# is gone or already ended), -1 fenced: another worker holds the job now (a sweep
+# released it while this one was cut off, and that worker started it again), counted
+# in fenced_writes. A job released but not started again by anyone still takes the
+# write: its result is as good as any, and its message is with the writer's
+# supervisor, which acknowledges it next (refusing here would leave the job queued
+# with no message anywhere).
 FINISH_SCRIPT = f"""
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 0 end
 redis.call('HINCRBY', KEYS[1], 'terminal_attempts', 1)
 if ARGV[5] ~= '' then
   redis.call('HDEL', KEYS[4], ARGV[6])
-  if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[5] then
+  local holder = redis.call('HGET', KEYS[1], 'holder')
+  if holder and holder ~= ARGV[5] then
     redis.call('HINCRBY', KEYS[1], 'fenced_writes', 1)
     return -1
   end
@@ -405,24 +410,33 @@ return 1
 # kombu keeps it in `unacked` ('' when not looked up), the message to queue instead,
 # now. One atomic step, so two sweepers can never both requeue a job:
 # - a worker still beating is left alone ('alive');
-# - a job it no longer holds (finished, or started again elsewhere) is only
-#   forgotten ('gone');
 # - a job it holds is released: back to `queued`, its holder cleared, so a late
 #   write from the dead (or cut-off) worker is fenced ('released');
-# - and when its supervisor is gone too (the whole worker, or its host, was lost),
-#   the unacknowledged message, still exactly as delivered, moves from kombu's
-#   unacked set to the head of the shared queue ('requeued'). A supervisor that is
-#   alive requeues its dead child's message itself (acks late, reject on worker lost).
+# - while its supervisor still beats, a released job's entry is kept: a supervisor
+#   requeues its dead child's message itself (acks late, reject on worker lost), and
+#   taking it here as well would run the job twice; but if the supervisor dies too
+#   before the job is started again (the whole worker or host lost, the two beats
+#   expiring a moment apart), a later sweep still finds the entry;
+# - with the supervisor gone, a job that nobody else holds has its unacknowledged
+#   message, still exactly as delivered, moved from kombu's unacked set to the head
+#   of the shared queue ('requeued');
+# - the entry is then forgotten, as is one for a job that ended or that another
+#   worker started since ('gone').
 RELEASE_SCRIPT = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'alive' end
 local out = 'gone'
 local s = redis.call('HGET', KEYS[4], 'status')
-if s and not ({_IS_TERMINAL}) and redis.call('HGET', KEYS[4], 'holder') == ARGV[1] then
+local holder = redis.call('HGET', KEYS[4], 'holder')
+local open = s and not ({_IS_TERMINAL})
+if open and holder == ARGV[1] then
   redis.call('HSET', KEYS[4], 'status', 'queued', 'released_at', ARGV[6])
   redis.call('HDEL', KEYS[4], 'holder')
   out = 'released'
-  if ARGV[3] ~= '' and ARGV[4] ~= '' and redis.call('EXISTS', KEYS[2]) == 0
-     and redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[4] then
+  s, holder = 'queued', false
+end
+if open and not holder and s ~= 'running' and ARGV[3] ~= '' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return out end
+  if ARGV[4] ~= '' and redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[4] then
     redis.call('HDEL', KEYS[5], ARGV[3])
     redis.call('ZREM', KEYS[6], ARGV[3])
     redis.call('RPUSH', KEYS[7], ARGV[5])

@@ -172,13 +172,13 @@ class WorkerCollector(Collector):
         yield fenced
         taken = CounterMetricFamily(
             "sam2fleet_jobs_taken_over",
-            "Jobs this worker's sweep released from workers whose heartbeats stopped, by "
-            "how: `requeued` (the whole worker was gone: its message was put back in the "
-            "queue) or `released` (its supervisor requeues it, or it was batched).",
+            "Jobs this worker's sweep took from workers whose heartbeats stopped, by how: "
+            "`released` (back to queued, the dead holder fenced off) and `requeued` (the "
+            "whole worker was gone: its unacknowledged message put back in the queue).",
             labels=["worker", "how"],
         )
         taken.add_metric([self.worker, "requeued"], self.takeover.requeued)
-        taken.add_metric([self.worker, "released"], self.takeover.released - self.takeover.requeued)
+        taken.add_metric([self.worker, "released"], self.takeover.released)
         yield taken
 
 

@@ -4,8 +4,8 @@ Terminal writes are one Lua script keyed by job id, so a redelivered job (a work
 died after computing but before acknowledging) can never produce a second result
 or overwrite a cancellation. A store built for a named worker (`holder`) records
 itself as the holder of each job it starts, and its terminal writes are fenced: a
-worker whose job was taken over while it was cut off from Redis (worker/takeover.py)
-has its late write refused and counted (`fenced_writes`).
+worker whose job was taken over by another while it was cut off from Redis
+(worker/takeover.py) has its late write refused and counted (`fenced_writes`).
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ class JobStore:
         if written < 0:
             self.fenced_writes += 1
             log.warning(
-                "job %s: this worker no longer holds the job (it was given to another "
-                "worker while this one was out of reach); its %s outcome is discarded",
+                "job %s: this worker no longer holds the job (another worker took it "
+                "over while this one was out of reach); its %s outcome is discarded",
                 job_id,
                 status,
             )

@@ -14,15 +14,18 @@ Every live worker's heartbeat loop calls `Takeover.sweep`. For each registered h
 without a heartbeat, each job it holds goes through one Lua script
 (shared/records.py RELEASE_SCRIPT), so two sweepers can never both requeue it:
 
-- the job is released: back to `queued`, holder cleared; from then on a terminal
-  write by the old holder (a host cut off from Redis that comes back) is refused by
-  the finish script and counted (fencing), so the job still has one result;
-- if the supervisor is gone too, the message is moved, as delivered, from kombu's
-  unacknowledged set to the head of the job model's shared queue, with a new delivery
-  tag (so a late acknowledgement by the old supervisor cannot remove the new
-  delivery). A living supervisor whose model process died requeues the message
-  itself (acks late, reject on worker lost); taking it here as well would run the job
-  twice.
+- the job is released: back to `queued`, holder cleared; once another worker has
+  started it, a terminal write by the old holder (a host cut off from Redis that
+  comes back) is refused by the finish script and counted (fencing), so the job's one
+  result is the new holder's;
+- once the supervisor is gone too, a job nobody else has started since has its
+  message moved, as delivered, from kombu's unacknowledged set to the head of the job
+  model's shared queue, with a new delivery tag (so a late acknowledgement by the old
+  supervisor cannot remove the new delivery). While the supervisor still beats, the
+  entry is kept and the message left alone: a living supervisor whose model process
+  died requeues the message itself (acks late, reject on worker lost), and taking it
+  here as well would run the job twice. The two beats expire a moment apart when a
+  whole host is lost, so a later sweep requeues it then.
 
 Jobs a dead worker had taken into a batch have no message of their own there ("" as
 tag): they are released here, and their messages come back from the worker's in-flight
@@ -52,8 +55,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Swept:
-    """What one sweep did: jobs released from dead workers, and of those, jobs whose
-    unacknowledged message it put back in a queue."""
+    """What one sweep did: jobs it released from dead workers (back to `queued`, their
+    holder cleared), and jobs whose unacknowledged message it put back in a queue
+    (released now, or by an earlier sweep while the supervisor still beat)."""
 
     released: int = 0
     requeued: int = 0
@@ -77,16 +81,17 @@ class Takeover:
                 continue
             for job_id, tag in r.hgetall(keys.held(name)).items():
                 outcome = self._release_one(name, supervisor, job_id.decode(), tag.decode())
-                if outcome in ("released", "requeued"):
+                if outcome == "released":
                     swept.released += 1
+                elif outcome == "requeued":
+                    swept.requeued += 1
+                if outcome in ("released", "requeued"):
                     log.warning(
                         "job %s: its worker %s stopped heartbeating; %s",
                         job_id.decode(),
                         name,
-                        "requeued" if outcome == "requeued" else "released",
+                        outcome,
                     )
-                if outcome == "requeued":
-                    swept.requeued += 1
             self._forget(keys=[keys.holders(), keys.worker(name), keys.held(name)], args=[name])
         self.released += swept.released
         self.requeued += swept.requeued

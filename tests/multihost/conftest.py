@@ -1,188 +1,37 @@
-"""A fleet on five hosts of one machine (tests/multihost/netns.py): Redis, the API, two
-workers and a client host from which the tests send their requests, plus a monitor
-host running Prometheus when a test asks for it."""
+"""The multi-host fleet of these tests (tests/multihost/fleet.py), once per module, and
+Prometheus on the monitor host when a test asks for it."""
 
 from __future__ import annotations
 
 import shutil
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import httpx
 import pytest
-import redis
 import yaml
 
 from tests.conftest import SMALL
-from tests.multihost.netns import Host, NamespaceError, Network, copy_file
-from tests.support import ROOT, fleet_env
-
-T = TypeVar("T")
-
-REDIS_PORT = 6379
-API_PORT = 8000
-WORKER_METRICS_PORT = 9101  # the same port on every worker host: they are separate hosts
-PROMETHEUS_PORT = 9090
-WORKERS = ("worker-a", "worker-b")
-ADDRESSES = {"redis": 1, "api": 2, "worker-a": 3, "worker-b": 4, "monitor": 5, "client": 9}
-
-# Short heartbeats so a lost host is noticed in seconds here (the defaults, 5 s and
-# 20 s, give a bound of 25 s; docs/reliability.md).
-ENV = {
-    "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",
-    "SAM2FLEET_HEARTBEAT_TTL_S": "5",
-    "SAM2FLEET_FAULT_INJECTION": "1",
-    "SAM2FLEET_WORKER_METRICS_PORT": str(WORKER_METRICS_PORT),
-    "SAM2FLEET_WORKER_METRICS_HOST": "0.0.0.0",
-    "SAM2FLEET_REDIS_RETRY_S": "60",  # a host cut off keeps its result until it is back
-}
-
-
-@dataclass
-class MultiHost:
-    net: Network
-    env: dict[str, str]
-    prefix: str
-
-    def host(self, name: str) -> Host:
-        return self.net.hosts[name]
-
-    @property
-    def api(self) -> str:
-        return f"http://{self.host('api').address}:{API_PORT}"
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{self.host('redis').address}:{REDIS_PORT}/0"
-
-    def client(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the client host: its requests travel the test's network."""
-        return self.host("client").call(fn)
-
-    def redis(self, fn: Callable[[redis.Redis], T]) -> T:
-        def with_client() -> T:
-            r = redis.Redis.from_url(self.redis_url, socket_timeout=10)
-            try:
-                return fn(r)
-            finally:
-                r.close()
-
-        return self.client(with_client)
-
-    def start_worker(self, name: str) -> None:
-        host = self.host(name)
-        env = {
-            **self.env,
-            # Its own copy of the checkpoint, in its own folder.
-            "SAM2FLEET_CHECKPOINT": str(host.dir / Path(self.env["SAM2FLEET_CHECKPOINT"]).name),
-            "SAM2FLEET_CHECKPOINT_DIR": str(host.dir),
-        }
-        host.spawn(
-            "worker",
-            [sys.executable, "-m", "sam2fleet.cli", "worker", "--name", name.replace("-", "")],
-            env,
-            host.dir,
-        )
-
-    def warm_workers(self) -> dict[str, dict[str, str]]:
-        """Heartbeats of the workers, by their key's worker name (`host:pid`)."""
-
-        def read(r: redis.Redis) -> dict[str, dict[str, str]]:
-            out = {}
-            for key in r.scan_iter(f"{self.prefix}:worker:*"):
-                beat = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
-                if beat.get("warm") == "1":
-                    out[key.decode().split(":worker:", 1)[1]] = beat
-            return out
-
-        return self.redis(read)
-
-    def wait_workers(self, names: tuple[str, ...], timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            hosts = {w.split(":")[0] for w in self.warm_workers()}
-            if set(names) <= hosts:
-                return
-            for name in names:
-                proc = self.host(name).procs["worker"]
-                assert proc.poll() is None, f"{name} exited:\n{self.host(name).log('worker')}"
-            assert time.monotonic() < deadline, "workers not warm:\n" + "\n".join(
-                self.host(n).log("worker") for n in names
-            )
-            time.sleep(0.5)
-
-    def job(self, job_id: str) -> dict[str, str]:
-        key = f"{self.prefix}:job:{job_id}"
-        return self.redis(lambda r: {k.decode(): v.decode() for k, v in r.hgetall(key).items()})
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.client(lambda: httpx.get(f"{self.api}{path}", timeout=30, **kwargs))
-
-
-def _wait_answers(fleet: MultiHost, url: str, what: str, host: Host, label: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if fleet.client(lambda: httpx.get(url, timeout=2)).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        assert host.procs[label].poll() is None, f"{what} exited:\n{host.log(label)}"
-        assert time.monotonic() < deadline, f"{what} does not answer:\n{host.log(label)}"
-        time.sleep(0.3)
+from tests.multihost.fleet import (
+    API_PORT,
+    PROMETHEUS_PORT,
+    WORKER_METRICS_PORT,
+    WORKERS,
+    MultiHost,
+    multihost,
+    wait_answers,
+)
+from tests.multihost.netns import NamespaceError
+from tests.support import ROOT
 
 
 @pytest.fixture(scope="module")
 def hosts(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
-    root = tmp_path_factory.mktemp("hosts")
     try:
-        net = Network(root)
+        fleet = multihost(tmp_path_factory.mktemp("hosts"), tiny_checkpoint, image_size=SMALL)
+        with fleet as f:
+            yield f
     except NamespaceError as exc:
         pytest.fail(str(exc))
-    try:
-        for name, index in ADDRESSES.items():
-            net.add(name, index)
-        redis_host = net.hosts["redis"]
-        url = f"redis://{redis_host.address}:{REDIS_PORT}/0"
-        env = fleet_env(url, tiny_checkpoint, "mh", SMALL, **ENV)
-        fleet = MultiHost(net, env, "mh")
-        redis_host.spawn(
-            "redis",
-            ["redis-server", "--bind", redis_host.address, "--port", str(REDIS_PORT),
-             "--save", "", "--appendonly", "no", "--protected-mode", "no",
-             "--dir", str(redis_host.dir)],
-            env,
-            redis_host.dir,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if fleet.redis(lambda r: r.ping()):
-                    break
-            except redis.RedisError:
-                assert time.monotonic() < deadline, redis_host.log("redis")
-                time.sleep(0.2)
-        for name in WORKERS:
-            copy_file(tiny_checkpoint, net.hosts[name])
-            fleet.start_worker(name)
-        api = net.hosts["api"]
-        api.spawn(
-            "api",
-            [sys.executable, "-m", "sam2fleet.cli", "api",
-             "--host", api.address, "--port", str(API_PORT)],
-            env,
-            api.dir,
-        )  # fmt: skip
-        _wait_answers(fleet, f"{fleet.api}/livez", "the API", api, "api")
-        fleet.wait_workers(WORKERS)
-        yield fleet
-    finally:
-        net.close()
-        assert net.leftovers() == [], net.leftovers()
 
 
 @pytest.fixture(scope="module")
@@ -215,5 +64,5 @@ def prometheus(hosts: MultiHost) -> str:
         monitor.dir,
     )  # fmt: skip
     url = f"http://{monitor.address}:{PROMETHEUS_PORT}"
-    _wait_answers(hosts, f"{url}/-/ready", "Prometheus", monitor, "prometheus")
+    wait_answers(hosts, f"{url}/-/ready", "Prometheus", monitor, "prometheus")
     return url

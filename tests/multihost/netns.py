@@ -53,7 +53,7 @@ def ip(*args: str) -> str:
     return done.stdout
 
 
-def _enter(namespace: str) -> None:
+def enter_namespace(namespace: str) -> None:
     """Move the calling thread into a network namespace (setns(2))."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
@@ -121,7 +121,7 @@ class Host:
         """Run `fn` from this host: on a thread inside its network namespace."""
         if self._thread is None:
             self._thread = ThreadPoolExecutor(
-                max_workers=1, initializer=_enter, initargs=(self.namespace,)
+                max_workers=1, initializer=enter_namespace, initargs=(self.namespace,)
             )
         return self._thread.submit(fn).result()
 

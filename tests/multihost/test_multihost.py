@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from sam2fleet.shared.images import image_id_for
-from tests.multihost.conftest import WORKERS, MultiHost
+from tests.multihost.fleet import WORKERS, MultiHost
 from tests.support import encode, scene
 from tests.system.client import b64, run, submit, wait
 

@@ -12,7 +12,6 @@ import pytest
 import redis
 from kombu import Connection
 
-from sam2fleet.shared.errors import WorkerCrashed
 from sam2fleet.shared.queue import SEGMENT_TASK, UNACKED, UNACKED_INDEX, make_celery
 from sam2fleet.shared.records import Heartbeat, JobRecord, Keys
 from sam2fleet.shared.schemas import JobSpec, JobStatus
@@ -98,7 +97,7 @@ def test_a_lost_workers_job_is_requeued_once_and_its_late_write_fenced(
     a.die()  # supervisor never beat either: the whole worker is gone
 
     swept = b.takeover.sweep()
-    assert (swept.released, swept.requeued) == (1, 1)
+    assert (swept.released, swept.requeued) == (0, 1)  # released and requeued in one step
     assert tag not in unacked_tags(a) and a.client.zscore(UNACKED_INDEX, tag) is None
     [message] = queued_messages(a)
     headers, properties = message["headers"], message["properties"]
@@ -141,7 +140,34 @@ def test_a_dead_model_process_with_a_live_supervisor_is_released_not_requeued(
     assert tag in unacked_tags(a) and queued_messages(a) == []
     record = a.store.record("j2")
     assert record is not None and record.status is JobStatus.queued
-    assert not a.store.fail("j2", WorkerCrashed("late").to_body())  # fenced too
+    assert (b.takeover.sweep().released, b.takeover.requeued) == (0, 0)  # still waiting
+    # The supervisor dies too (its beat expires a moment after the model process's,
+    # as when a whole host is lost): now the sweep requeues the message.
+    a.client.delete(a.supervisor)
+    assert b.takeover.sweep().requeued == 1
+    assert tag not in unacked_tags(a) and len(queued_messages(a)) == 1
+    assert b.takeover.sweep().requeued == 0 and a.client.hlen(a.keys.held(a.name)) == 0
+
+
+def test_a_released_job_started_again_by_its_supervisor_is_left_to_its_new_holder(
+    hosts: tuple[Host, Host], broker: Connection
+) -> None:
+    a, b = hosts
+    submit(a, broker, "j5")
+    tag = deliver(a, broker)
+    a.store.start("j5", tag)
+    a.client.set(a.supervisor, "1", px=60_000)
+    a.die()
+    assert b.takeover.sweep().released == 1
+    # The supervisor's fresh model process starts the job again (same message).
+    child = Host(a.url, a.keys.prefix, "host-a:12")
+    child.beat()
+    assert child.store.start("j5", tag) is not None
+    a.client.delete(a.supervisor)
+    assert b.takeover.sweep().requeued == 0  # it has a holder again: nothing to take
+    assert tag in unacked_tags(a) and queued_messages(a) == []
+    assert a.client.hlen(a.keys.held(a.name)) == 0
+    child.client.close()
 
 
 def test_jobs_taken_into_a_batch_are_released_without_a_message_of_their_own(
@@ -199,3 +225,21 @@ def test_many_sweepers_at_once_requeue_each_message_exactly_once(
     assert ids == sorted(f"m{i}" for i in range(n))
     for h in [dead, *sweepers]:
         h.client.close()
+
+
+def test_a_paused_worker_whose_job_nobody_took_yet_still_writes_it(
+    hosts: tuple[Host, Host], broker: Connection
+) -> None:
+    # Its model process stalled past the heartbeat TTL while its supervisor beat on:
+    # released, left to the supervisor. It resumes and finishes: nobody else holds the
+    # job, so the write is taken (the supervisor then acknowledges the message).
+    a, b = hosts
+    submit(a, broker, "j6")
+    a.store.start("j6", deliver(a, broker))
+    a.client.set(a.supervisor, "1", px=60_000)
+    a.die()
+    assert b.takeover.sweep().released == 1
+    assert a.store.succeed("j6", {"masks": []}) and a.store.fenced_writes == 0
+    record = a.store.record("j6")
+    assert record is not None and record.status is JobStatus.succeeded
+    assert a.client.hlen(a.keys.held(a.name)) == 0
