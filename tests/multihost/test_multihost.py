@@ -1,7 +1,8 @@
 """The fleet across hosts: Redis, the API and two workers each on a host of its own
 (network namespaces, tests/multihost/netns.py), reached only through the network the
-test made. Jobs of both image modes, image affinity, readiness, Prometheus scraping
-every host; then a host cut off mid-job and a host lost mid-job."""
+test made. Jobs of every mode (prompt, automatic, a short video), image affinity,
+readiness, Prometheus scraping every host; then a host cut off mid-job and a host lost
+mid-job."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from sam2fleet.shared.images import image_id_for
 from tests.multihost.fleet import WORKERS, MultiHost
 from tests.support import encode, scene
 from tests.system.client import b64, run, submit, wait
+from tests.system.video_client import frames, upload
+from tests.video_support import encode_video, moving_frames
 
 BOX = {"box": [5, 5, 60, 50]}
 MOMENT_S = 2.0
@@ -55,6 +58,18 @@ def test_prompt_and_automatic_jobs_run_across_hosts(hosts: MultiHost) -> None:
     assert automatic["status"] == "succeeded" and automatic["result"]["masks"]
     for job in (prompt, automatic):
         assert host_of(hosts.job(job["id"])["holder"]) in WORKERS
+
+
+def test_a_short_video_job_runs_across_hosts(hosts: MultiHost) -> None:
+    n = 6
+    data = encode_video(moving_frames(n))
+    video = hosts.client(lambda: upload(hosts.api, data))
+    click = {"obj_id": 1, "frame": 0, "points": [[40, 50]], "labels": [1]}
+    body = {"mode": "video", "video_id": video["video_id"], "prompts": [click]}
+    done = hosts.client(lambda: wait(hosts.api, submit(hosts.api, body)["id"], timeout=180))
+    assert done["status"] == "succeeded", done
+    records = hosts.client(lambda: frames(hosts.api, done["id"]))
+    assert [r["frame"] for r in records] == list(range(n))
 
 
 def test_prompts_on_an_image_follow_its_embedding_to_its_worker(hosts: MultiHost) -> None:
