@@ -45,6 +45,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sam2fleet.shared.queue import UNACKED, UNACKED_INDEX
 from sam2fleet.shared.records import FORGET_HOLDER_SCRIPT, RELEASE_SCRIPT
@@ -131,3 +132,13 @@ def redelivery(unacked: bytes, queue: str) -> str:
     info = properties.setdefault("delivery_info", {})
     info.update(redelivered=True, routing_key=queue)
     return json.dumps(message)
+
+
+def delivery_tag(request: Any) -> str:
+    """The delivery tag of the message a Celery task request runs ("" outside a
+    delivered message). Celery passes the message's properties to the pool process;
+    its `delivery_info` there carries no tag."""
+    properties = getattr(request, "properties", None) or {}
+    info = getattr(request, "delivery_info", None) or {}
+    tag = properties.get("delivery_tag") or info.get("delivery_tag")
+    return str(tag) if tag else ""

@@ -13,12 +13,13 @@ from celery import shared_task
 from sam2fleet.shared.queue import SEGMENT_TASK
 from sam2fleet.worker import runtime, video_jobs
 from sam2fleet.worker.jobs import Outcome
+from sam2fleet.worker.takeover import delivery_tag
 
 
 @shared_task(name=SEGMENT_TASK, ignore_result=True)
 def segment(job_id: str) -> str:
     rt = runtime.current()
-    record = rt.runner.start(job_id, _delivery_tag())
+    record = rt.runner.start(job_id, delivery_tag(segment.request))
     if record is None:
         return "skipped"
     outcome: Outcome = "failed"  # if an exception escapes the runner
@@ -33,12 +34,3 @@ def segment(job_id: str) -> str:
         rt.runner.end(job_id, outcome)
         rt.clearer.after_batch()
     return "failed" if outcome == "timeout" else outcome
-
-
-def _delivery_tag() -> str:
-    """The delivery tag of the message being run: with it, a live worker's sweep can
-    requeue the job if this whole worker is lost (worker/takeover.py)."""
-    request = segment.request
-    properties = getattr(request, "properties", None) or {}
-    tag = properties.get("delivery_tag") or (request.delivery_info or {}).get("delivery_tag")
-    return str(tag) if tag else ""
