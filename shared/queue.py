@@ -13,6 +13,13 @@ from sam2fleet.shared.settings import Settings
 
 SEGMENT_TASK = "sam2fleet.segment"
 
+# Where kombu's Redis transport keeps delivered, not yet acknowledged messages (its
+# defaults; the fleet sets no `global_keyprefix`): a hash delivery tag -> the message
+# with its exchange and routing key, and a zset delivery tag -> delivery time. Read
+# by the sweep that requeues a dead worker's jobs (worker/takeover.py).
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("sam2fleet", broker=settings.redis_url, set_as_current=False)

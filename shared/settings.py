@@ -228,7 +228,9 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(
         20.0,
         description="A worker not heard from for this long counts as gone "
-        "(for /readyz and /v1/models).",
+        "(for /readyz and /v1/models), and live workers' sweeps run its jobs again "
+        "(worker/takeover.py): a lost worker's job restarts within this plus "
+        "heartbeat_interval_s.",
     )
     task_soft_time_limit_s: int = Field(
         300, description="Soft time limit of one job; the job fails with `timeout`."
@@ -239,7 +241,8 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         3600,
         description="Seconds before Redis redelivers a job whose worker vanished without "
-        "acknowledging it. Must exceed task_time_limit_s.",
+        "acknowledging it, when no live worker's sweep did so first (a heartbeat TTL "
+        "after the loss). Must exceed task_time_limit_s.",
     )
     max_attempts: int = Field(
         3,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 # Before torch touches CUDA: with image sizes that vary job to job, expandable
@@ -67,6 +68,31 @@ def _consume_private_queue(sender: str, instance: object, **_: object) -> None:
     settings = get_settings()
     queue = Keys(settings.key_prefix).private_queue(settings.model, sender, os.getpid())
     instance.app.amqp.queues.select_add(queue)  # type: ignore[attr-defined]
+
+
+@celeryd_after_setup.connect
+def _beat_as_supervisor(sender: str, **_: object) -> None:
+    # The supervisor holds the broker connection and so the job's unacknowledged
+    # message: its own beat tells a sweeping worker whether a dead model process's
+    # message is being requeued by its supervisor or was lost with the whole worker
+    # (worker/takeover.py). Started before the pool takes any job.
+    import threading
+
+    import redis
+
+    settings = get_settings()
+    key = Keys(settings.key_prefix).supervisor(sender, os.getpid())
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+    def beat() -> None:
+        while True:
+            try:
+                client.set(key, "1", px=int(settings.heartbeat_ttl_s * 1000))
+            except redis.RedisError as exc:
+                log.warning("supervisor heartbeat failed: %s", exc)
+            time.sleep(settings.heartbeat_interval_s)
+
+    threading.Thread(target=beat, daemon=True, name="sam2fleet-supervisor-beat").start()
 
 
 @worker_process_init.connect

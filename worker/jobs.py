@@ -97,10 +97,11 @@ class JobRunner:
         self.queue = queue  # this worker's private queue (image affinity)
         self._claimed: dict[tuple[str, str], float] = {}  # (owner, image) -> claimed at
 
-    def start(self, job_id: str) -> JobRecord | None:
-        """Mark the job running; None when it is gone, cancelled, finished or out of
+    def start(self, job_id: str, delivery_tag: str = "") -> JobRecord | None:
+        """Mark the job running, held by this worker (under its message's delivery tag,
+        if it has one of its own); None when it is gone, cancelled, finished or out of
         attempts (the start script fails it then)."""
-        record = self.store.start(job_id)
+        record = self.store.start(job_id, delivery_tag)
         if record is None:
             log.info(
                 "job %s skipped: gone, cancelled, finished or out of attempts",

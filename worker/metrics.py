@@ -42,6 +42,7 @@ from sam2fleet.worker import video_metrics
 from sam2fleet.worker.gpu import CacheClearer, DeviceMemory
 from sam2fleet.worker.model import SegmentationModel
 from sam2fleet.worker.store import JobStore
+from sam2fleet.worker.takeover import Takeover
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,16 @@ _installed: Collector | None = None
 class WorkerCollector(Collector):
     """Read at scrape time: device memory and the cache clearer's counts."""
 
-    def __init__(self, worker: str, memory: DeviceMemory, clearer: CacheClearer) -> None:
+    def __init__(
+        self,
+        worker: str,
+        memory: DeviceMemory,
+        clearer: CacheClearer,
+        store: JobStore,
+        takeover: Takeover,
+    ) -> None:
         self.worker, self.memory, self.clearer = worker, memory, clearer
+        self.store, self.takeover = store, takeover
 
     def collect(self) -> Iterator[Metric]:
         labels = ["worker", "device"]
@@ -153,6 +162,24 @@ class WorkerCollector(Collector):
         )
         released.add_metric(values, self.clearer.bytes_released)
         yield released
+        fenced = CounterMetricFamily(
+            "sam2fleet_fenced_writes",
+            "Terminal writes of this worker refused because the job had been taken over "
+            "while the worker was out of reach (its outcome discarded, not a second result).",
+            labels=["worker"],
+        )
+        fenced.add_metric([self.worker], self.store.fenced_writes)
+        yield fenced
+        taken = CounterMetricFamily(
+            "sam2fleet_jobs_taken_over",
+            "Jobs this worker's sweep took from workers whose heartbeats stopped, by how: "
+            "`released` (back to queued, the dead holder fenced off) and `requeued` (the "
+            "whole worker was gone: its unacknowledged message put back in the queue).",
+            labels=["worker", "how"],
+        )
+        taken.add_metric([self.worker, "requeued"], self.takeover.requeued)
+        taken.add_metric([self.worker, "released"], self.takeover.released)
+        yield taken
 
 
 class JobMetrics:
@@ -246,6 +273,7 @@ def observe(
     model: SegmentationModel,
     store: JobStore,
     clearer: CacheClearer,
+    takeover: Takeover,
     *,
     worker: str,
     warmup_s: float,
@@ -257,7 +285,7 @@ def observe(
     memory = DeviceMemory(model.device)
     if _installed is not None:  # a second start in one process (tests, solo pool)
         REGISTRY.unregister(_installed)
-    _installed = WorkerCollector(worker, memory, clearer)
+    _installed = WorkerCollector(worker, memory, clearer, store, takeover)
     REGISTRY.register(_installed)
     # Known label values start at 0, so rates and error panels have series before
     # the first event (Prometheus' advice for counters with labels).

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -25,6 +26,7 @@ from sam2fleet.worker.metrics import observe
 from sam2fleet.worker.model import SegmentationModel
 from sam2fleet.worker.observability import node_name
 from sam2fleet.worker.store import JobStore
+from sam2fleet.worker.takeover import Takeover
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,14 @@ class Runtime:
     observer: JobObserver = field(default_factory=NoObserver)  # the metrics
     batcher: BatchRunner | None = None  # cross-job batching; None when turned off
     runner: JobRunner = field(init=False)
+    takeover: Takeover | None = None  # the sweep of dead workers' jobs
+    # When this process's heartbeat last failed (monotonic); it sweeps others only
+    # after beating for a whole heartbeat TTL since (worker/takeover.py).
+    beat_failed_at: float = float("-inf")
 
     def __post_init__(self) -> None:
+        if self.takeover is None:
+            self.takeover = Takeover(self.store)
         self.runner = JobRunner(
             self.settings,
             self.model,
@@ -116,6 +124,7 @@ def start(settings: Settings) -> Runtime:
     model = SegmentationModel(settings)
     warmup_s = model.warmup()
     keys = Keys(settings.key_prefix)
+    name = f"{socket.gethostname()}:{os.getpid()}"
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=10,
@@ -124,23 +133,33 @@ def start(settings: Settings) -> Runtime:
         retry_on_timeout=True,
     )
     store = JobStore(
-        client, keys, max_attempts=settings.max_attempts, retry_s=settings.redis_retry_s
+        client,
+        keys,
+        max_attempts=settings.max_attempts,
+        retry_s=settings.redis_retry_s,
+        holder=name,
+        # The supervisor's beat, written by worker/celery_app.py under the same names.
+        supervisor=keys.supervisor(node_name(), os.getppid()),
     )
     clearer = CacheClearer(
         settings.cuda_empty_cache, settings.cuda_empty_cache_threshold_bytes, model.device
     )
+    takeover = Takeover(store)
     runtime = Runtime(
         settings=settings,
         model=model,
         store=store,
         clearer=clearer,
-        name=f"{socket.gethostname()}:{os.getpid()}",
+        name=name,
         stop_event=threading.Event(),
         # The supervisor consumes this queue too (worker/celery_app.py); its pid is
         # the parent's, so both sides derive the same name.
         queue=keys.private_queue(settings.model, node_name(), os.getppid()),
         warm=True,
-        observer=observe(settings, model, store, clearer, worker=node_name(), warmup_s=warmup_s),
+        takeover=takeover,
+        observer=observe(
+            settings, model, store, clearer, takeover, worker=node_name(), warmup_s=warmup_s
+        ),
     )
     batch_size = settings.batch_size_for(model.device.type)
     if batch_size > 1:
@@ -185,7 +204,11 @@ def _heartbeat_loop(runtime: Runtime) -> None:
         try:
             runtime.beat()
             runtime.rescue_orphaned_queues()
+            healthy_s = time.monotonic() - runtime.beat_failed_at
+            if runtime.takeover is not None and healthy_s >= runtime.settings.heartbeat_ttl_s:
+                runtime.takeover.sweep()
         except redis.RedisError as exc:
             # Keep beating: the worker reconnects by itself when Redis is back.
+            runtime.beat_failed_at = time.monotonic()
             log.warning("heartbeat failed: %s", exc)
         runtime.stop_event.wait(runtime.settings.heartbeat_interval_s)

@@ -2,7 +2,10 @@
 
 Terminal writes are one Lua script keyed by job id, so a redelivered job (a worker
 died after computing but before acknowledging) can never produce a second result
-or overwrite a cancellation.
+or overwrite a cancellation. A store built for a named worker (`holder`) records
+itself as the holder of each job it starts, and its terminal writes are fenced: a
+worker whose job was taken over by another while it was cut off from Redis
+(worker/takeover.py) has its late write refused and counted (`fenced_writes`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,24 @@ T = TypeVar("T")
 
 class JobStore:
     def __init__(
-        self, client: redis.Redis, keys: Keys, *, max_attempts: int = 3, retry_s: float = 30.0
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        max_attempts: int = 3,
+        retry_s: float = 30.0,
+        holder: str = "",
+        supervisor: str = "",
     ) -> None:
         self.redis = client
         self.keys = keys
         self.max_attempts = max_attempts
         self.retry_s = retry_s
+        # The worker this store writes for ("": a supervisor writing on a job's behalf,
+        # unfenced) and its supervisor's beat key.
+        self.holder = holder
+        self.supervisor = supervisor
+        self.fenced_writes = 0  # terminal writes refused: the job was taken over
         self._start = client.register_script(START_SCRIPT)
         self._finish = client.register_script(FINISH_SCRIPT)
 
@@ -49,19 +64,23 @@ class JobStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def start(self, job_id: str) -> JobRecord | None:
-        """Mark the job running; None when it is gone, cancelled, done or out of attempts."""
+    def start(self, job_id: str, delivery_tag: str = "") -> JobRecord | None:
+        """Mark the job running, held by this worker under the delivery tag of its
+        Celery message ("" for a job taken into a batch); None when it is gone,
+        cancelled, done or out of attempts."""
         error = json.dumps(
             WorkerCrashed(
                 f"the job's worker died on each of its {self.max_attempts} attempts"
             ).to_dict()
         )
-        state = self.retrying(
-            lambda: self._start(
-                keys=[self.keys.job(job_id), self.keys.done(job_id)],
-                args=[time.time(), self.max_attempts, error],
-            )
-        )
+        keys = [
+            self.keys.job(job_id),
+            self.keys.done(job_id),
+            self.keys.held(self.holder),
+            self.keys.holders(),
+        ]
+        args = [time.time(), self.max_attempts, error, self.holder, job_id, delivery_tag]
+        state = self.retrying(lambda: self._start(keys=keys, args=[*args, self.supervisor]))
         if state != b"running":
             return None
         return self.record(job_id)
@@ -98,12 +117,23 @@ class JobStore:
         return self._terminal(job_id, "failed", "", error.model_dump_json())
 
     def _terminal(self, job_id: str, status: str, result: str, error: str) -> bool:
-        keys = [self.keys.job(job_id), self.keys.result(job_id), self.keys.done(job_id)]
-        return bool(
-            self.retrying(
-                lambda: self._finish(keys=keys, args=[status, result, error, time.time()])
+        keys = [
+            self.keys.job(job_id),
+            self.keys.result(job_id),
+            self.keys.done(job_id),
+            self.keys.held(self.holder),
+        ]
+        args = [status, result, error, time.time(), self.holder, job_id]
+        written = int(self.retrying(lambda: self._finish(keys=keys, args=args)))
+        if written < 0:
+            self.fenced_writes += 1
+            log.warning(
+                "job %s: this worker no longer holds the job (another worker took it "
+                "over while this one was out of reach); its %s outcome is discarded",
+                job_id,
+                status,
             )
-        )
+        return written > 0
 
     def claim_affinity(self, model: str, owner: str, image_id: str, queue: str, ttl_s: int) -> None:
         """Tell the gateway that `queue`'s worker holds the image's embedding now."""

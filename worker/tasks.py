@@ -13,12 +13,13 @@ from celery import shared_task
 from sam2fleet.shared.queue import SEGMENT_TASK
 from sam2fleet.worker import runtime, video_jobs
 from sam2fleet.worker.jobs import Outcome
+from sam2fleet.worker.takeover import delivery_tag
 
 
 @shared_task(name=SEGMENT_TASK, ignore_result=True)
 def segment(job_id: str) -> str:
     rt = runtime.current()
-    record = rt.runner.start(job_id)
+    record = rt.runner.start(job_id, delivery_tag(segment.request))
     if record is None:
         return "skipped"
     outcome: Outcome = "failed"  # if an exception escapes the runner

@@ -44,6 +44,7 @@ from sam2fleet.worker import admission, faults, video_metrics
 from sam2fleet.worker.batching import Gatherer
 from sam2fleet.worker.jobs import JobCancelled, Outcome
 from sam2fleet.worker.masks import rle_encode
+from sam2fleet.worker.takeover import delivery_tag
 from sam2fleet.worker.video_frames import LazyFrames, RedisBlob
 from sam2fleet.worker.video_tracker import (
     TrackedFrame,
@@ -334,7 +335,7 @@ class DeliveryLease:
         from celery import current_task
 
         request = getattr(current_task, "request", None)
-        tag = (getattr(request, "delivery_info", None) or {}).get("delivery_tag")
+        tag = delivery_tag(request) or None
         options = current_task.app.conf.broker_transport_options or {} if tag else {}
         index = options.get("unacked_index_key", "unacked_index")
         self._thread = threading.Thread(

@@ -109,6 +109,15 @@ def test_a_video_longer_than_the_visibility_timeout_is_not_redelivered(
         vfaulty.base_url, {"mode": "video", "video_id": video["video_id"], "prompts": [CLICK]}
     )
     started = time.monotonic()
+    # Past the visibility timeout, the message's delivery time is a renewal's, not the
+    # delivery's: the lease renews it (every 5 s) under the message's own tag.
+    time.sleep(22)
+    renewed = [
+        vfaulty.redis.zscore("unacked_index", tag)
+        for tag, entry in vfaulty.redis.hgetall("unacked").items()
+        if job["id"].encode() in entry
+    ]
+    assert len(renewed) == 1 and time.time() - (renewed[0] or 0) < 10, renewed
     done = wait_end(vfaulty.base_url, job["id"], timeout=300)
     assert time.monotonic() - started > 27, "the job must outlast visibility + restore sweep"
     assert done["attempts"] == 1, done

@@ -9,7 +9,7 @@ import httpx
 import psutil
 from kombu import Connection
 
-from sam2fleet.shared.queue import SEGMENT_TASK, make_celery
+from sam2fleet.shared.queue import SEGMENT_TASK
 from sam2fleet.shared.records import JobRecord, Keys
 from sam2fleet.shared.settings import Settings
 from tests.faults.conftest import FAULT_ENV, FaultFleet, kill
@@ -17,8 +17,6 @@ from tests.system.client import run, submit, wait
 
 SETTINGS = Settings(**{k.removeprefix("SAM2FLEET_").lower(): v for k, v in FAULT_ENV.items()})
 VISIBILITY_TIMEOUT_S = SETTINGS.visibility_timeout_s
-# How often a worker sweeps for messages whose visibility timeout has passed.
-SWEEP_S = make_celery(SETTINGS).conf["broker_transport_options"]["unacked_restore_interval"]
 # Redis times a message's visibility from when the worker took it, a moment before
 # the job's `started_at`, and a ready process takes a waiting job a moment after it
 # is ready: this much of a moment is allowed for, either way.
@@ -72,29 +70,35 @@ def test_sigterm_mid_job_lets_the_job_finish(faulty: FaultFleet) -> None:
     faulty.restart_worker()
 
 
-def test_sigkill_of_the_whole_worker_redelivers_after_the_visibility_timeout(
+def test_sigkill_of_the_whole_worker_requeues_its_job_once_its_heartbeats_stop(
     faulty: FaultFleet,
 ) -> None:
     job = submit(faulty.base_url, faulty.job_body("sleep:2"))
-    first = faulty.wait_status(job["id"], "running")
+    faulty.wait_status(job["id"], "running")
     supervisor = psutil.Process(faulty.procs["w0"].pid)
     victims = [supervisor, *supervisor.children(recursive=True)]
     for p in victims:
         p.kill()
+    killed_at = time.time()
     psutil.wait_procs(victims, timeout=10)
     faulty.restart_worker()
-    ready_after = time.time() - first["started_at"]
+    ready_after = time.time() - killed_at
     done = wait(faulty.base_url, job["id"], timeout=90)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2 and _terminal_attempts(faulty, job["id"]) == 1
-    # Nothing told Redis that this worker died: the message came back once the
-    # visibility timeout had passed since the worker took it, not sooner (the new
-    # worker was ready long before); then at the new worker's next sweep for such
-    # messages, or once it was ready, whichever came later.
-    redelivered_after = done["started_at"] - first["started_at"]
-    assert redelivered_after > VISIBILITY_TIMEOUT_S - MOMENT_S, redelivered_after
-    latest = max(VISIBILITY_TIMEOUT_S + SWEEP_S, ready_after) + MOMENT_S
-    assert redelivered_after < latest, (redelivered_after, ready_after)
+    # Nothing told Redis that this worker died, and its message stayed unacknowledged;
+    # but its heartbeats stopped: once they had expired (the supervisor's too), the new
+    # worker's heartbeat loop put the message back in the queue (worker/takeover.py).
+    # So the job ran again a heartbeat TTL + one beat after the kill (or once the new
+    # worker was ready, if later), long before the visibility timeout.
+    ttl = float(faulty.env["SAM2FLEET_HEARTBEAT_TTL_S"])
+    beat = float(faulty.env["SAM2FLEET_HEARTBEAT_INTERVAL_S"])
+    redelivered_after = done["started_at"] - killed_at
+    assert redelivered_after < max(ttl + beat, ready_after) + MOMENT_S, (
+        redelivered_after,
+        ready_after,
+    )
+    assert redelivered_after < VISIBILITY_TIMEOUT_S - MOMENT_S
 
 
 def test_soft_time_limit_fails_with_timeout_and_the_next_job_is_served(faulty: FaultFleet) -> None:

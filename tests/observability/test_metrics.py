@@ -43,6 +43,8 @@ WORKER_FAMILIES = {
     "sam2fleet_gpu_memory_driver_total_bytes": "gauge",
     "sam2fleet_cuda_cache_clears": "counter",
     "sam2fleet_cuda_cache_released_bytes": "counter",
+    "sam2fleet_fenced_writes": "counter",
+    "sam2fleet_jobs_taken_over": "counter",
 }
 FORBIDDEN_LABELS = {"job_id", "id", "path", "image_id"}
 
