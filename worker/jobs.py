@@ -110,6 +110,10 @@ class JobRunner:
             )
             self.observer.not_started(job_id)
         else:
+            # Before any result can be written, so every job that ran has a line here.
+            log.info(
+                "job %s started, attempt %d", job_id, record.attempts, extra={"job_id": job_id}
+            )
             self.observer.started(record)
         return record
 
