@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,6 +35,7 @@ from sam2fleet.api.routes import (
     videos,
 )
 from sam2fleet.api.service import JobService
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.errors import BadRequest, MethodNotAllowed, NotFound, Sam2FleetError
 from sam2fleet.shared.queue import make_celery
 from sam2fleet.shared.settings import Settings, get_settings
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Short timeouts: with Redis down a submit must answer 503 in a second or
         # two, never hang.
-        client = aredis.Redis.from_url(
+        client = redis_clients.async_client(
             settings.redis_url,
             socket_connect_timeout=1,
             socket_timeout=2,
@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        # Refused before serving: a cluster cannot hold the broker's queues.
+        await redis_clients.refuse_cluster_async(client)
         celery = make_celery(settings)
         app.state.settings = settings
         app.state.service = JobService(settings, client, celery)
@@ -68,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service.done.start()
         yield
         await app.state.service.done.stop()
-        await client.aclose()
+        await redis_clients.close_async(client)
         celery.close()
 
     app = FastAPI(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import redis
 import torch
 
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.records import Heartbeat, Keys
 from sam2fleet.shared.settings import Settings
 from sam2fleet.worker.batching import BatchRunner, Gatherer
@@ -116,7 +117,7 @@ def start(settings: Settings) -> Runtime:
     model = SegmentationModel(settings)
     warmup_s = model.warmup()
     keys = Keys(settings.key_prefix)
-    client = redis.Redis.from_url(
+    client = redis_clients.sync_client(
         settings.redis_url,
         socket_timeout=10,
         socket_connect_timeout=5,
