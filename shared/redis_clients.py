@@ -32,7 +32,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel
 
 SENTINEL_PORT = 26379
@@ -155,9 +158,16 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port) if port else SENTINEL_PORT
 
 
-def _sentinel_kwargs(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
-    """Connection options for the sentinels themselves: the timeouts, their own login."""
+def _sentinel_kwargs(
+    target: RedisTarget, options: dict[str, Any], retry: Any = None
+) -> dict[str, Any]:
+    """Connection options for the sentinels themselves: the timeouts, their own login,
+    and no retries. redis-py retries a refused connection three times with backoff
+    (seconds) before trying the next sentinel, and kombu asks the sentinels afresh for
+    every channel it opens: with the first listed sentinel down, a Celery worker took
+    a minute to start and as long to reconnect. The next sentinel is the retry."""
     kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    kwargs["retry"] = retry if retry is not None else SyncRetry(NoBackoff(), 0)
     if target.sentinel_password is not None:
         kwargs["password"] = target.sentinel_password
     if target.sentinel_username is not None:
@@ -194,7 +204,9 @@ def async_client(url: str, **options: Any) -> aredis.Redis:
     if not target.is_sentinel:
         return aredis.Redis.from_url(url, **options)
     sentinel = AsyncSentinel(
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, options), **options
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_kwargs(target, options, AsyncRetry(NoBackoff(), 0)),
+        **options,
     )
     client: aredis.Redis = sentinel.master_for(target.master, **_login(target))
     return client
@@ -233,11 +245,11 @@ def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     broker = ";".join(
         f"sentinel://{login}{_bracket(host)}:{port}/{target.db}" for host, port in target.sentinels
     )
-    options: dict[str, Any] = {"master_name": target.master}
-    sentinel_login = _sentinel_kwargs(target, {})
-    if sentinel_login:
-        options["sentinel_kwargs"] = sentinel_login
-    return broker, options
+    timeouts = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    return broker, {
+        "master_name": target.master,
+        "sentinel_kwargs": _sentinel_kwargs(target, timeouts),
+    }
 
 
 def _bracket(host: str) -> str:

@@ -133,7 +133,11 @@ class JobRunner:
             return "failed"
 
     def succeed(self, job_id: str, result: dict[str, Any]) -> None:
-        self.observer.succeeded(job_id, result, self.store.succeed(job_id, result))
+        written = self.store.succeed(job_id, result)
+        # One line per result actually written: the failover tests and the chaos run
+        # count these across workers, independently of what Redis kept.
+        log.info("job %s: %s", job_id, "result written" if written else "ended already")
+        self.observer.succeeded(job_id, result, written)
 
     def fail(self, job_id: str, error: Sam2FleetError) -> None:
         body = error.to_body()
