@@ -62,7 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         # Refused before serving: a cluster cannot hold the broker's queues.
-        await redis_clients.refuse_cluster_async(client)
+        try:
+            await redis_clients.refuse_cluster_async(client)
+        except redis_clients.ClusterRefused:
+            await redis_clients.close_async(client)
+            raise
         celery = make_celery(settings)
         app.state.settings = settings
         app.state.service = JobService(settings, client, celery)
