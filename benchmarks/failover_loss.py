@@ -143,6 +143,19 @@ class Side:
                     time.sleep(0.05)
 
 
+def submit_latency(base: str, count: int) -> dict[str, float]:
+    """Milliseconds per submit, one at a time, with the replica replicating directly."""
+    times = []
+    with httpx.Client(timeout=10) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            r = client.post(f"{base}/v1/jobs", json=BODY)
+            times.append((time.perf_counter() - started) * 1000)
+            assert r.status_code == 202, r.text
+    times.sort()
+    return {"p50": round(times[len(times) // 2], 2), "p95": round(times[int(len(times) * 0.95)], 2)}
+
+
 def heartbeat(url: str, prefixes: list[str], stop: threading.Event) -> None:
     """A stand-in warm worker for each API, so they admit jobs with no model loaded."""
     client = redis_clients.sync_client(url, socket_timeout=2, socket_connect_timeout=2)
@@ -178,6 +191,7 @@ def main() -> int:
     parser.add_argument("--lag-ms", type=int, nargs="+", default=[0, 500])
     parser.add_argument("--clients", type=int, default=4, help="submitting threads per API")
     parser.add_argument("--load-s", type=float, default=3.0, help="submits before each kill")
+    parser.add_argument("--latency-submits", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -193,10 +207,15 @@ def main() -> int:
             threading.Thread(target=side.submit_loop, args=(stop,)) for _ in range(args.clients)
         ]
     rounds: list[dict[str, object]] = []
+    latency: dict[str, dict[str, float]] = {}
     try:
         for side in sides:
             _wait_up(side.base)
-        for t in threads:
+        threads[0].start()  # the stand-in worker first
+        time.sleep(1.5)
+        latency = {side.name: submit_latency(side.base, args.latency_submits) for side in sides}
+        print(json.dumps({"submit_latency_ms": latency}), flush=True)
+        for t in threads[1:]:
             t.start()
         checked = {side.name: 0 for side in sides}
         for lag_ms in args.lag_ms:
@@ -255,6 +274,7 @@ def main() -> int:
     report = {
         "summary": summary,
         "refused_by_api": {side.name: dict(side.refused) for side in sides},
+        "submit_latency_ms": latency,
         "rounds": rounds,
         "clients_per_api": args.clients,
     }

@@ -52,7 +52,7 @@ class SentinelSet:
 
     # --- processes -----------------------------------------------------------------
 
-    def start_server(self, port: int, replica_of: int | None = None) -> int:
+    def start_server(self, port: int, replica_of: int | None = None, priority: int = 100) -> int:
         folder = self.data_dir / f"redis-{port}"
         folder.mkdir(exist_ok=True)
         args = [
@@ -63,6 +63,8 @@ class SentinelSet:
             "--save", "",
             "--appendonly", "no",
             "--logfile", str(folder / "redis.log"),
+            "--replica-priority", str(priority),
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
@@ -95,10 +97,23 @@ class SentinelSet:
         self.servers[port].wait()
         return port
 
-    def rejoin(self, port: int) -> None:
+    def rejoin(self, port: int, timeout: float = 60) -> None:
         """Start a killed server again, empty, as a replica of the current primary (as
-        the sentinels would make it anyway)."""
-        self.start_server(port, replica_of=self.primary_port())
+        the sentinels would make it anyway), and wait until it holds the data.
+
+        It starts with `replica-priority 0` and becomes a candidate only once synced:
+        the sentinels would otherwise promote a replica that has not received a byte
+        yet if the primary were lost meanwhile (seen on a loaded machine, where a
+        starved sentinel's spurious failover picked the empty newcomer)."""
+        self.start_server(port, replica_of=self.primary_port(), priority=0)
+
+        def synced() -> bool:
+            info = self.client(port).info("replication")
+            return bool(info.get("master_link_status") == "up")
+
+        _until(synced, timeout, f"the rejoined server {port} never synced")
+        with self.client(port) as r:
+            r.config_set("replica-priority", 100)
 
     def stop(self) -> None:
         for proc in [*self.sentinels.values(), *self.servers.values()]:
