@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlsplit
 
 import redis
 import redis.asyncio as aredis
@@ -236,7 +236,10 @@ def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     becomes kombu's `redis+socket://`."""
     target = parse(url)
     if target.scheme == "unix":
-        return "redis+socket://" + url.split("://", 1)[1], {}
+        # kombu reads the database of a socket URL from `virtual_host`, not `db`.
+        rest, _, query = url.split("://", 1)[1].partition("?")
+        fields = [f"virtual_host={v}" if k == "db" else f"{k}={v}" for k, v in parse_qsl(query)]
+        return "redis+socket://" + rest + ("?" + "&".join(fields) if fields else ""), {}
     if not target.is_sentinel:
         return url, {}
     login = ""

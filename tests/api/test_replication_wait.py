@@ -28,6 +28,8 @@ BOX = [{"box": [2, 2, 40, 30]}]
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, subprocess.Popen[bytes], str]]:
     primary = RedisServer.start(tmp_path / "primary")
+    with redis.Redis.from_url(primary.url) as r:
+        r.config_set("repl-diskless-sync-delay", 0)  # sync the replica now, not in 5 s
     port = free_port()
     (tmp_path / "replica").mkdir()
     replica = subprocess.Popen(

@@ -23,8 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sam2fleet.launcher.redis_server import ensure_redis, free_port
+from sam2fleet.launcher.supervisor import Fleet as UpFleet
 from sam2fleet.shared import redis_clients
 from sam2fleet.shared.images import image_id_for
+from sam2fleet.shared.queue import make_celery
+from sam2fleet.shared.settings import Settings
 from tests.conftest import SMALL
 from tests.redis_sentinel import SentinelSet
 from tests.support import Fleet, encode, fleet_env, scene
@@ -89,11 +93,40 @@ def fleet(
 def test_the_fleet_starts_and_serves_with_the_first_sentinel_down(fleet: SentinelFleet) -> None:
     assert fleet.sentinel.sentinels[fleet.sentinel.sentinel_order[0]].poll() is not None
     assert redis_clients.parse(fleet.env["SAM2FLEET_REDIS_URL"]).is_sentinel
-    # In seconds: with the first sentinel down, kombu's channels each spent seconds on
-    # redis-py's retries against it, and a worker took a minute to take its first job.
+    # With the first sentinel down, kombu's channels each spent seconds on redis-py's
+    # retries against it, and a worker took a minute to take its first job. Every
+    # channel a worker opens, and every client, must find the primary at once.
+    url = fleet.env["SAM2FLEET_REDIS_URL"]
+    started = time.monotonic()
+    with make_celery(Settings(redis_url=url)).connection_for_write() as conn:
+        for _ in range(4):
+            channel = conn.channel()
+            assert channel.client.ping()
+            channel.close()
+    client = redis_clients.sync_client(url, socket_timeout=5, socket_connect_timeout=5)
+    assert client.ping()
+    redis_clients.close_sync(client)
+    took = time.monotonic() - started
+    assert took < 2, f"{took:.1f}s to reach the primary past a dead sentinel"
     job = run(fleet.base_url, fleet.body(), timeout=15)
     assert job["status"] == "succeeded"
     assert fleet.result_writes()[job["id"]] == 1
+
+
+def test_sam2fleet_up_uses_the_sentinel_set_and_starts_no_redis(
+    fleet: SentinelFleet, tmp_path: Path
+) -> None:
+    url = fleet.env["SAM2FLEET_REDIS_URL"]
+    handle = ensure_redis(url, tmp_path / "redis")
+    assert (handle.url, handle.process, handle.source) == (url, None, "Redis Sentinel")
+    up = UpFleet(Settings(redis_url=url), "127.0.0.1", 0, tmp_path, workers=1, redis=handle)
+    up.plan()
+    assert {c.env["SAM2FLEET_REDIS_URL"] for c in up.children} == {url}
+    # No sentinel answers: it says so, and starts nothing in the set's place.
+    dead = f"sentinel://127.0.0.1:{free_port()}/0?master=sam2fleet"
+    with pytest.raises(RuntimeError, match="starts no Redis of its own"):
+        ensure_redis(dead, tmp_path / "none")
+    assert not (tmp_path / "none").exists()
 
 
 class Submitter:

@@ -85,6 +85,10 @@ def test_celery_uses_kombus_sentinel_transport_with_every_sentinel() -> None:
     transport = app.conf.broker_transport_options
     assert transport["master_name"] == "mm" and transport["visibility_timeout"] > 0
     assert redis_clients.celery_broker("redis://h:1/0") == ("redis://h:1/0", {})
+    # kombu names a socket's database `virtual_host`
+    socket_url, _ = redis_clients.celery_broker("unix:///run/r.sock?db=3")
+    assert socket_url == "redis+socket:///run/r.sock?virtual_host=3"
+    assert Connection(socket_url).transport_cls == "redis"
 
 
 def test_a_202_waits_for_one_replica_by_default_only_with_sentinel() -> None:
