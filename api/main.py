@@ -5,10 +5,13 @@ Run with `uvicorn sam2fleet.api.main:app` (or `sam2fleet api`). It never imports
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -41,6 +44,7 @@ from sam2fleet.shared.queue import make_celery
 from sam2fleet.shared.settings import Settings, get_settings
 
 log = logging.getLogger("sam2fleet.api")
+FOLLOW_PRIMARY_S = 1.0
 _ROUTERS = (jobs.router, images.router, models.router, health.router, compat.router)
 
 
@@ -72,7 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = JobService(settings, client, celery)
         app.state.rate_limiter = RateLimiter(settings, client)
         app.state.service.done.start()
+        follower = None
+        if redis_clients.parse(settings.redis_url).is_sentinel:
+            follower = asyncio.create_task(_follow_primary(client))
         yield
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await app.state.service.done.stop()
         await redis_clients.close_async(client)
         celery.close()
@@ -108,6 +119,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     return app
+
+
+async def _follow_primary(client: aredis.Redis) -> None:
+    """With Sentinel: once a second, drop connections to a primary the sentinels have
+    replaced (shared/redis_clients.py, `follow_primary`)."""
+    while True:
+        await asyncio.sleep(FOLLOW_PRIMARY_S)
+        try:
+            await redis_clients.follow_primary_async(client)
+        except (RedisError, OSError) as exc:
+            log.debug("could not ask the sentinels: %s", type(exc).__name__)
 
 
 def _error(status: int, type_: str, message: str, retry_after: int | None = None) -> JSONResponse:

@@ -34,9 +34,11 @@ import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 SENTINEL_PORT = 26379
 _DIRECT = ("redis", "rediss", "unix")
@@ -158,6 +160,40 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port) if port else SENTINEL_PORT
 
 
+_NO_REPLICAS = "NOREPLICAS"
+_LOST = "the primary has no replica left; asking the sentinels again"
+
+
+class _PrimaryConnection(SentinelManagedConnection):  # type: ignore[misc]
+    """A connection to the primary that takes `NOREPLICAS` as the primary lost.
+
+    A primary run with `min-replicas-to-write` (docs/reliability.md) refuses writes
+    once no replica follows it: the sentinels have promoted another server and this
+    one has not been told yet. redis-py reconnects through the sentinels after
+    `READONLY` (the server already demoted); this does the same a step earlier, so
+    the caller's retry lands on the new primary instead of failing."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith(_NO_REPLICAS):
+                raise
+            self.disconnect()
+            raise redis.ConnectionError(_LOST) from exc
+
+
+class _AsyncPrimaryConnection(AsyncSentinelManagedConnection):  # type: ignore[misc]
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith(_NO_REPLICAS):
+                raise
+            await self.disconnect()
+            raise redis.ConnectionError(_LOST) from exc
+
+
 def _sentinel_kwargs(
     target: RedisTarget, options: dict[str, Any], retry: Any = None
 ) -> dict[str, Any]:
@@ -194,7 +230,9 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     sentinel = Sentinel(
         list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, options), **options
     )
-    client: redis.Redis = sentinel.master_for(target.master, **_login(target))
+    client: redis.Redis = sentinel.master_for(
+        target.master, connection_class=_PrimaryConnection, **_login(target)
+    )
     return client
 
 
@@ -208,7 +246,9 @@ def async_client(url: str, **options: Any) -> aredis.Redis:
         sentinel_kwargs=_sentinel_kwargs(target, options, AsyncRetry(NoBackoff(), 0)),
         **options,
     )
-    client: aredis.Redis = sentinel.master_for(target.master, **_login(target))
+    client: aredis.Redis = sentinel.master_for(
+        target.master, connection_class=_AsyncPrimaryConnection, **_login(target)
+    )
     return client
 
 
@@ -225,6 +265,24 @@ async def close_async(client: aredis.Redis) -> None:
     manager = getattr(client.connection_pool, "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         await sentinel.aclose()
+
+
+def follow_primary(client: redis.Redis) -> None:
+    """Ask the sentinels which server is the primary now, and drop idle pooled
+    connections to a former one. A primary the sentinels have replaced can still be
+    up and take writes (a false failover on a starved host, a network partition)
+    until they demote it, seconds later, and a connection opened before keeps
+    writing there: writes the failover then discards. Called every heartbeat, this
+    bounds that window to one beat. Nothing for one Redis."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        pool.get_master_address()
+
+
+async def follow_primary_async(client: aredis.Redis) -> None:
+    pool = client.connection_pool
+    if isinstance(pool, AsyncSentinelConnectionPool):
+        await pool.get_master_address()
 
 
 def celery_broker(url: str) -> tuple[str, dict[str, Any]]:

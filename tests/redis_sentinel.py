@@ -3,7 +3,8 @@
 Used by the failover tests (tests/faults/test_sentinel.py) and benchmarks/chaos.py.
 Every process is a `redis-server` (`--sentinel` for the sentinels), on 127.0.0.1 and
 free ports, with short detection times so a failover takes seconds:
-`down-after-milliseconds` 1000, `failover-timeout` 3000.
+`down-after-milliseconds` 1000, `failover-timeout` 3000. The data servers run with
+`min-replicas-to-write 1`, as docs/reliability.md advises.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sam2fleet.launcher.redis_server import find_server_binary, free_port
 MASTER = "sam2fleet"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
+MIN_REPLICAS_MAX_LAG_S = 3
 
 
 @dataclass
@@ -65,6 +67,11 @@ class SentinelSet:
             "--logfile", str(folder / "redis.log"),
             "--replica-priority", str(priority),
             "--repl-diskless-sync-delay", "0",
+            # Redis's guard against a split brain: a primary that no replica follows
+            # (the sentinels promoted another behind its back) refuses writes instead
+            # of taking writes the failover will discard (docs/reliability.md).
+            "--min-replicas-to-write", "1",
+            "--min-replicas-max-lag", str(MIN_REPLICAS_MAX_LAG_S),
         ]  # fmt: skip
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]

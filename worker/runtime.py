@@ -184,6 +184,7 @@ def stop() -> None:
 def _heartbeat_loop(runtime: Runtime) -> None:
     while not runtime.stop_event.is_set():
         try:
+            redis_clients.follow_primary(runtime.store.redis)  # Sentinel: the primary now
             runtime.beat()
             runtime.rescue_orphaned_queues()
         except redis.RedisError as exc:
