@@ -28,7 +28,6 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
 )
-from kombu.transport import redis as kombu_redis
 
 from sam2fleet.shared.queue import make_celery
 from sam2fleet.shared.records import Keys
@@ -39,16 +38,6 @@ from sam2fleet.worker import (
 )
 
 log = logging.getLogger(__name__)
-
-# On losing its broker connection kombu puts the messages of the tasks still running
-# back on the queue ("Restoring N unacknowledged message(s)"), while Celery lets those
-# tasks run on. With Sentinel that restore reaches the new primary at once, and
-# another worker ran the same job a second time (seen in `benchmarks/chaos.py
-# --sentinel`). Left in kombu's unacknowledged set instead, the message is
-# acknowledged when its task ends, or redelivered by the visibility-timeout sweep if
-# the worker really is gone. A warm shutdown gives nothing up by this: with acks late
-# and a prefetch of 1 the only unacknowledged message is the running task's.
-kombu_redis.Channel.do_restore = False  # SentinelChannel inherits it
 
 app = make_celery(get_settings())
 
