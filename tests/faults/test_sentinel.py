@@ -107,8 +107,8 @@ def test_the_fleet_starts_and_serves_with_the_first_sentinel_down(fleet: Sentine
     assert client.ping()
     redis_clients.close_sync(client)
     took = time.monotonic() - started
-    assert took < 2, f"{took:.1f}s to reach the primary past a dead sentinel"
-    job = run(fleet.base_url, fleet.body(), timeout=15)
+    assert took < 5, f"{took:.1f}s to reach the primary past a dead sentinel"
+    job = run(fleet.base_url, fleet.body(), timeout=30)
     assert job["status"] == "succeeded"
     assert fleet.result_writes()[job["id"]] == 1
 
