@@ -13,6 +13,7 @@ duplicates.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from sam2fleet.launcher.redis_server import ensure_redis, free_port
 from sam2fleet.launcher.supervisor import Fleet as UpFleet
@@ -127,6 +131,37 @@ def test_sam2fleet_up_uses_the_sentinel_set_and_starts_no_redis(
     with pytest.raises(RuntimeError, match="starts no Redis of its own"):
         ensure_redis(dead, tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def test_a_primary_short_of_replicas_sends_clients_back_to_the_sentinels(
+    fleet: SentinelFleet,
+) -> None:
+    # A primary that no replica follows any more refuses writes (min-replicas-to-write):
+    # the fleet's clients must take that as "primary lost" (a connection error, which
+    # every caller retries through the sentinels), not as a failed command.
+    url = fleet.env["SAM2FLEET_REDIS_URL"]
+    no_retry = {"socket_timeout": 5, "retry": Retry(NoBackoff(), 0)}
+    sync = redis_clients.sync_client(url, **no_retry)
+    admin = fleet.sentinel.client()
+    admin.config_set("min-replicas-to-write", 3)  # two replicas: never enough
+    try:
+        with pytest.raises(redis.ConnectionError, match="no replica left"):
+            sync.set(f"{PREFIX}:probe", 1)
+
+        async def write_async() -> None:
+            client = redis_clients.async_client(url, socket_timeout=5)
+            try:
+                with pytest.raises(redis.ConnectionError, match="no replica left"):
+                    await client.set(f"{PREFIX}:probe", 1)
+            finally:
+                await redis_clients.close_async(client)
+
+        asyncio.run(write_async())
+    finally:
+        admin.config_set("min-replicas-to-write", 1)
+        admin.close()
+    assert sync.set(f"{PREFIX}:probe", 1)  # the same client, on a primary that takes it
+    redis_clients.close_sync(sync)
 
 
 class Submitter:
