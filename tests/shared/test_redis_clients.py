@@ -103,7 +103,10 @@ def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server in cluster mode (a one-node cluster not yet assigned any slot)."""
     found = find_server_binary()
     assert found is not None
-    folder, port = tmp_path_factory.mktemp("cluster"), free_port()
+    folder = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    while port + 10000 > 65535:  # a cluster node also listens on port + 10000
+        port = free_port()
     proc = subprocess.Popen(
         [found[0], "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
          "--cluster-config-file", str(folder / "nodes.conf"), "--dir", str(folder),
