@@ -16,7 +16,11 @@ With `sentinel://` every client asks the sentinels which server is the primary
 before it connects, and asks again after losing a connection: a failover costs a
 reconnect, not a restart. The password in the URL is the data servers' password
 (primary and replicas); the sentinels' own is `sentinel_password`. List every
-sentinel: the first that answers is used, so any one of them is enough.
+sentinel: the first that answers is used, so any one of them is enough. A primary
+that refuses writes for want of replicas (`min-replicas-to-write`: the sentinels
+have replaced it) sends these clients back to the sentinels too, and callers ask them
+every heartbeat (`follow_primary`). kombu's own connections (the broker) follow a
+failover when their connection fails or the old primary answers READONLY.
 
 Redis Cluster is refused (`redis+cluster://`, or a server that reports
 `cluster_enabled:1`): Celery's broker needs a queue's keys and the fleet's scripts
