@@ -5,6 +5,8 @@ Run with `uvicorn sam2fleet.api.main:app` (or `sam2fleet api`). It never imports
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,11 +38,13 @@ from sam2fleet.api.routes import (
     videos,
 )
 from sam2fleet.api.service import JobService
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.errors import BadRequest, MethodNotAllowed, NotFound, Sam2FleetError
 from sam2fleet.shared.queue import make_celery
 from sam2fleet.shared.settings import Settings, get_settings
 
 log = logging.getLogger("sam2fleet.api")
+FOLLOW_PRIMARY_S = 1.0
 _ROUTERS = (jobs.router, images.router, models.router, health.router, compat.router)
 
 
@@ -51,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Short timeouts: with Redis down a submit must answer 503 in a second or
         # two, never hang.
-        client = aredis.Redis.from_url(
+        client = redis_clients.async_client(
             settings.redis_url,
             socket_connect_timeout=1,
             socket_timeout=2,
@@ -61,14 +65,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        # Refused before serving: a cluster cannot hold the broker's queues.
+        try:
+            await redis_clients.refuse_cluster_async(client)
+        except redis_clients.ClusterRefused:
+            await redis_clients.close_async(client)
+            raise
         celery = make_celery(settings)
         app.state.settings = settings
         app.state.service = JobService(settings, client, celery)
         app.state.rate_limiter = RateLimiter(settings, client)
         app.state.service.done.start()
+        follower = None
+        if redis_clients.parse(settings.redis_url).is_sentinel:
+            follower = asyncio.create_task(_follow_primary(client))
         yield
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await app.state.service.done.stop()
-        await client.aclose()
+        await redis_clients.close_async(client)
         celery.close()
 
     app = FastAPI(
@@ -102,6 +119,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     return app
+
+
+async def _follow_primary(client: aredis.Redis) -> None:
+    """With Sentinel: once a second, drop connections to a primary the sentinels have
+    replaced (shared/redis_clients.py, `follow_primary`)."""
+    while True:
+        await asyncio.sleep(FOLLOW_PRIMARY_S)
+        try:
+            await redis_clients.follow_primary_async(client)
+        except (RedisError, OSError) as exc:
+            log.debug("could not ask the sentinels: %s", type(exc).__name__)
 
 
 def _error(status: int, type_: str, message: str, retry_after: int | None = None) -> JSONResponse:

@@ -219,8 +219,35 @@ class JobService:
         except Exception as exc:
             await self.redis.delete(key)
             raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
+        await self.replicated(job_id)
         metrics.job_submitted(job_id, model, spec.mode)
         return record.public()
+
+    async def replicated(self, job_id: str) -> None:
+        """Return once `replicas_to_ack` replicas hold the job's record and message,
+        so a failover after the 202 cannot lose the job (Redis replicates
+        asynchronously). The message went through the broker's own connection, so the
+        WAIT follows a write of ours made after it: a replica applies the primary's
+        writes in order, so holding this one it holds the message too. Not replicated
+        in time: the job is withdrawn and `Unavailable` raised, and the client, told
+        503, retries; a worker that takes the message meanwhile finds no record and
+        skips it."""
+        replicas = self.settings.replicas_to_ack()
+        if replicas <= 0:
+            return
+        key = self.keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=False)  # one connection: WAIT sees our write
+        pipe.expire(key, self.settings.job_ttl_s)  # a write, replicated like any other
+        pipe.wait(replicas, self.settings.redis_replica_ack_timeout_ms)
+        _, acked = await pipe.execute()
+        if int(acked) >= replicas:
+            return
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(key)
+        raise Unavailable(
+            f"the job reached {acked} of the {replicas} Redis replica(s) required within "
+            f"{self.settings.redis_replica_ack_timeout_ms} ms, so it was withdrawn; retry"
+        )
 
     async def _route(
         self, spec: JobSpec, owner: str, image_id: str, model: str, warm: list[Heartbeat]

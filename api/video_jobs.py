@@ -215,6 +215,7 @@ async def _enqueue(
     except Exception as exc:
         await service.redis.delete(key)
         raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
+    await service.replicated(job_id)
     metrics.job_submitted(job_id, model, "video")
     return record.public()
 

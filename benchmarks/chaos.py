@@ -1,17 +1,26 @@
-"""Chaos run: a few hundred jobs through a real fleet while workers die and Redis restarts.
+"""Chaos run: a few hundred jobs through a real fleet while workers die and Redis
+restarts or loses its primary.
 
     .venv/bin/python benchmarks/chaos.py --jobs 300 --workers 2 --seed 1
+    .venv/bin/python benchmarks/chaos.py --sentinel --jobs 300 --workers 2 --seed 1
 
 Starts its own Redis (AOF everysec, in a temp folder), N workers and the API, all
 on this machine (model at 256 px, random weights: the point is delivery, not
-masks). A client thread pool submits jobs, retrying 503s and connection errors
-(a job counts as accepted once the API answered 202). A chaos thread meanwhile,
-at random intervals, SIGKILLs a model process, SIGKILLs a whole worker, SIGTERMs
-a worker, or restarts Redis. Afterwards every accepted job is polled to its end.
+masks). With `--sentinel` the Redis is a Sentinel set instead (a primary, two
+replicas, three sentinels; tests/redis_sentinel.py) and every process is given
+only its `sentinel://` URL. A client thread pool submits jobs, retrying 503s and
+connection errors (a job counts as accepted once the API answered 202). A chaos
+thread meanwhile, at random intervals, SIGKILLs a model process, SIGKILLs a whole
+worker, SIGTERMs a worker, or restarts Redis; with `--sentinel`, instead of the
+restart it SIGKILLs the primary, waits for the sentinels to promote a replica and
+starts the killed server again as a replica. Afterwards every accepted job is
+polled to its end.
 
 Prints: accepted, faults injected (by kind), succeeded, failed (by type), lost
-(accepted but unknown or never finished) and duplicated (more than one result
-written). Exit status 1 if anything was lost or duplicated.
+(accepted but unknown or never finished) and duplicated: more than one finishing
+call kept in Redis (`terminal_attempts`), or more than one "result written" line
+in the workers' logs (counted outside Redis, so a write a failover dropped still
+shows). Exit status 1 if anything was lost or duplicated.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -34,34 +44,44 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sam2fleet.shared import redis_clients  # noqa: E402
 from sam2fleet.shared.models import MODELS  # noqa: E402
 from sam2fleet.worker.weights import write_random_checkpoint  # noqa: E402
+from tests.redis_sentinel import SentinelSet  # noqa: E402
 from tests.support import Fleet, RedisServer, encode, fleet_env, scene  # noqa: E402
 from tests.system.client import b64  # noqa: E402
 
 PREFIX = "chaos"
+WRITTEN = re.compile(r"job ([0-9a-f]{32}): result written")
 
 
 class Chaos:
     def __init__(
-        self, fleet: Fleet, server: RedisServer, workers: list[str], rng: random.Random
+        self,
+        fleet: Fleet,
+        server: RedisServer | SentinelSet,
+        workers: list[str],
+        rng: random.Random,
     ) -> None:
         self.fleet, self.server, self.workers, self.rng = fleet, server, workers, rng
+        self.url = fleet.env["SAM2FLEET_REDIS_URL"]
         self.faults: Counter[str] = Counter()
+        self.failover_s: list[float] = []
         self.stop = threading.Event()
 
     def model_pids(self) -> list[int]:
         try:
-            r = redis.Redis.from_url(self.server.url, socket_timeout=2)
+            r = redis_clients.sync_client(self.url, socket_timeout=2, socket_connect_timeout=2)
             pids = [int(r.hget(k, "pid") or 0) for k in r.scan_iter(f"{PREFIX}:worker:*")]
-            r.close()
+            redis_clients.close_sync(r)
         except redis.RedisError:
             return []
         return [p for p in pids if p and psutil.pid_exists(p)]
 
     def run(self, interval: float) -> None:
+        redis_fault = "kill_primary" if isinstance(self.server, SentinelSet) else "restart_redis"
         while not self.stop.wait(self.rng.uniform(interval / 2, interval * 1.5)):
-            kind = self.rng.choice(["kill_model", "kill_worker", "term_worker", "restart_redis"])
+            kind = self.rng.choice(["kill_model", "kill_worker", "term_worker", redis_fault])
             try:
                 getattr(self, kind)()
                 self.faults[kind] += 1
@@ -91,7 +111,16 @@ class Chaos:
     def term_worker(self) -> None:
         self._restart(self.rng.choice(self.workers), hard=False)
 
+    def kill_primary(self) -> None:
+        assert isinstance(self.server, SentinelSet)
+        started = time.monotonic()
+        old = self.server.kill_primary()
+        self.server.wait_failover(old)
+        self.failover_s.append(round(time.monotonic() - started, 1))
+        self.server.rejoin(old)  # back as a replica: the next kill has one to promote
+
     def restart_redis(self) -> None:
+        assert isinstance(self.server, RedisServer)
         self.server.stop()
         again = RedisServer.start(self.server.data_dir, appendonly=True, port=self.server.port)
         self.server.process = again.process
@@ -142,16 +171,27 @@ def main() -> int:
         help="cross-job batching on the workers (1: off); on by default so the faults "
         "also hit jobs taken into batches",
     )
+    parser.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="Redis as a Sentinel set; primaries are SIGKILLed instead of Redis restarts",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
     work = Path(tempfile.mkdtemp(prefix="sam2fleet-chaos-"))
     checkpoint = write_random_checkpoint(MODELS["sam2.1_hiera_tiny"], work / "tiny.pt", 0)
-    server = RedisServer.start(work / "redis", appendonly=True)
+    server: RedisServer | SentinelSet
+    if args.sentinel:
+        server = SentinelSet.start(work / "redis", replicas=2)
+        url = server.url()
+    else:
+        server = RedisServer.start(work / "redis", appendonly=True)
+        url = server.url
     (work / "logs").mkdir()
     env = fleet_env(
-        server.url,
+        url,
         checkpoint,
         PREFIX,
         256,
@@ -204,10 +244,13 @@ def main() -> int:
             finals = list(
                 pool.map(lambda j: final_state(fleet.base_url, j, time.monotonic() + 300), accepted)
             )
-        audit = redis.Redis.from_url(server.url)
+        audit = redis_clients.sync_client(url, socket_timeout=10)
         writes = [int(audit.hget(f"{PREFIX}:job:{j}", "terminal_attempts") or 0) for j in accepted]
         results = [int(audit.exists(f"{PREFIX}:result:{j}")) for j in accepted]
-        audit.close()
+        redis_clients.close_sync(audit)
+        logged: Counter[str] = Counter()
+        for path in (work / "logs").glob("w*.log"):
+            logged.update(WRITTEN.findall(path.read_text(errors="replace")))
     finally:
         chaos.stop.set()
         fleet.stop()
@@ -224,6 +267,7 @@ def main() -> int:
         "failed_by_type": dict(failed),
         "jobs_lost": outcome["lost"] + outcome["unfinished"],
         "jobs_with_more_than_one_result": sum(1 for w in writes if w > 1),
+        "jobs_with_more_than_one_result_written_in_logs": sum(1 for j in accepted if logged[j] > 1),
         "succeeded_without_result": sum(
             1
             for f, r in zip(finals, results, strict=True)
@@ -236,17 +280,21 @@ def main() -> int:
             if f and (f.get("result") or {}).get("timings", {}).get("encoder_batch_size", 1) > 1
         ),
         "seconds": round(time.monotonic() - started, 1),
+        "redis": "sentinel (primary, 2 replicas, 3 sentinels)" if args.sentinel else "one server",
+        "failover_seconds": chaos.failover_s,
         "seed": args.seed,
         "workers": args.workers,
         "batch_max_size": args.batch_max_size,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "chaos-sentinel.json" if args.sentinel else "chaos.json"
+    (args.out / name).write_text(json.dumps(report, indent=2) + "\n")
     for key, value in report.items():
         print(f"{key:32} {value}")
     bad = (
         report["jobs_lost"]
         or report["jobs_with_more_than_one_result"]
+        or report["jobs_with_more_than_one_result_written_in_logs"]
         or report["succeeded_without_result"]
     )
     return 1 if bad else 0

@@ -269,9 +269,8 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    import redis
-
     from sam2fleet.admin import apikeys
+    from sam2fleet.shared import redis_clients
     from sam2fleet.shared.records import Keys
     from sam2fleet.shared.settings import get_settings
 
@@ -279,7 +278,7 @@ def _keys(args: argparse.Namespace) -> int:
         print(apikeys.digest(args.key))
         return 0
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    client = redis_clients.sync_client(settings.redis_url, socket_connect_timeout=3)
     keys = Keys(settings.key_prefix)
     if args.action == "create":
         key, digest = apikeys.create(client, keys, args.name)

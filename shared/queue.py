@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.records import Keys
 from sam2fleet.shared.settings import Settings
 
@@ -22,7 +23,8 @@ UNACKED_INDEX = "unacked_index"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("sam2fleet", broker=settings.redis_url, set_as_current=False)
+    broker_url, transport = redis_clients.celery_broker(settings.redis_url)
+    app = Celery("sam2fleet", broker=broker_url, set_as_current=False)
     app.conf.update(
         # The message carries only the job id; images and prompts live in Redis.
         task_serializer="json",
@@ -53,6 +55,9 @@ def make_celery(settings: Settings) -> Celery:
             # A Redis that vanishes without closing the socket must not hang a publish.
             "socket_timeout": 15,
             "socket_connect_timeout": 5,
+            # Sentinel: the primary's name and the sentinels' login
+            # (shared/redis_clients.py); nothing for one Redis.
+            **transport,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sam2fleet.shared import redis_clients
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAM2FLEET_", extra="ignore")
@@ -23,7 +25,25 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis used as the Celery broker and for job records, images and results.",
+        description="Redis used as the Celery broker and for job records, images and results: "
+        "`redis://`, `rediss://`, `unix://`, or Redis Sentinel as "
+        "`sentinel://host:26379,host:26379/0?master=NAME` (docs/reliability.md). "
+        "Redis Cluster is refused.",
+    )
+    redis_min_replicas_ack: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="Replicas that must hold a job (Redis `WAIT`) before the API answers "
+        "202; unset: 1 with a `sentinel://` URL, 0 otherwise. A submit whose job is not "
+        "replicated in time is withdrawn and answered 503 `unavailable`.",
+    )
+    redis_replica_ack_timeout_ms: int = Field(
+        1000,
+        ge=1,
+        le=60_000,
+        description="How long a submit waits for redis_min_replicas_ack replicas before "
+        "it is withdrawn and answered 503.",
     )
     key_prefix: str = Field(
         "sam2fleet",
@@ -330,6 +350,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        redis_clients.parse(self.redis_url)  # a bad or cluster URL stops the process here
         if self.model_image_size is not None and self.model_image_size % 32:
             raise ValueError("model_image_size must be a multiple of 32")
         if self.visibility_timeout_s <= self.task_time_limit_s:
@@ -347,6 +368,12 @@ class Settings(BaseSettings):
             if not self.auth_enabled:
                 raise ValueError("auth_enabled must be on when environment=production")
         return self
+
+    def replicas_to_ack(self) -> int:
+        """Replicas a job must reach before its 202 (`redis_min_replicas_ack` resolved)."""
+        if self.redis_min_replicas_ack is not None:
+            return self.redis_min_replicas_ack
+        return 1 if redis_clients.parse(self.redis_url).is_sentinel else 0
 
     def accepted_key_hashes(self) -> set[str]:
         return {h.strip().lower() for h in self.api_key_hashes.split(",") if h.strip()}

@@ -61,6 +61,26 @@ def _check_weights(**_: object) -> None:
         os._exit(2)
 
 
+@worker_init.connect
+def _refuse_cluster(**_: object) -> None:
+    # A cluster cannot hold Celery's queues: say so and stop, rather than fail later
+    # with CROSSSLOT errors in the middle of a job. (A bad URL never gets this far:
+    # the settings refuse it.)
+    from sam2fleet.shared import redis_clients
+
+    client = redis_clients.sync_client(
+        get_settings().redis_url, socket_timeout=5, socket_connect_timeout=5
+    )
+    try:
+        redis_clients.refuse_cluster(client)
+    except redis_clients.ClusterRefused as exc:
+        log.error("%s", exc)
+        sys.stderr.flush()
+        os._exit(2)
+    finally:
+        redis_clients.close_sync(client)
+
+
 @celeryd_after_setup.connect
 def _consume_private_queue(sender: str, instance: object, **_: object) -> None:
     # Besides the model's shared queue, each worker takes jobs routed to it alone
@@ -80,13 +100,18 @@ def _beat_as_supervisor(sender: str, **_: object) -> None:
 
     import redis
 
+    from sam2fleet.shared import redis_clients
+
     settings = get_settings()
     key = Keys(settings.key_prefix).supervisor(sender, os.getpid())
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_clients.sync_client(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+    )
 
     def beat() -> None:
         while True:
             try:
+                redis_clients.follow_primary(client)  # Sentinel: the primary now
                 client.set(key, "1", px=int(settings.heartbeat_ttl_s * 1000))
             except redis.RedisError as exc:
                 log.warning("supervisor heartbeat failed: %s", exc)
@@ -116,13 +141,12 @@ def _hard_time_limit(
     # its own failure; Celery reports it here, in the supervising process.
     if not isinstance(exception, TimeLimitExceeded) or not args:
         return
-    import redis
-
+    from sam2fleet.shared import redis_clients
     from sam2fleet.shared.errors import JobTimeout
     from sam2fleet.worker.store import JobStore
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redis_clients.sync_client(settings.redis_url, socket_timeout=5)
     try:
         JobStore(client, Keys(settings.key_prefix), retry_s=settings.redis_retry_s).fail(
             str(args[0]),
@@ -131,4 +155,4 @@ def _hard_time_limit(
             ).to_body(),
         )
     finally:
-        client.close()
+        redis_clients.close_sync(client)

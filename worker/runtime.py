@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import redis
 import torch
 
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.records import Heartbeat, Keys
 from sam2fleet.shared.settings import Settings
 from sam2fleet.worker.batching import BatchRunner, Gatherer
@@ -125,7 +126,7 @@ def start(settings: Settings) -> Runtime:
     warmup_s = model.warmup()
     keys = Keys(settings.key_prefix)
     name = f"{socket.gethostname()}:{os.getpid()}"
-    client = redis.Redis.from_url(
+    client = redis_clients.sync_client(
         settings.redis_url,
         socket_timeout=10,
         socket_connect_timeout=5,
@@ -202,6 +203,7 @@ def stop() -> None:
 def _heartbeat_loop(runtime: Runtime) -> None:
     while not runtime.stop_event.is_set():
         try:
+            redis_clients.follow_primary(runtime.store.redis)  # Sentinel: the primary now
             runtime.beat()
             runtime.rescue_orphaned_queues()
             healthy_s = time.monotonic() - runtime.beat_failed_at

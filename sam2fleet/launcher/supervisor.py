@@ -23,6 +23,7 @@ import httpx
 import redis
 
 from sam2fleet.launcher.redis_server import RedisHandle, ensure_redis
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.records import Heartbeat, Keys
 from sam2fleet.shared.settings import Settings
 
@@ -107,7 +108,8 @@ class Fleet:
             self.settings.redis_url, self.data_dir / "redis", self.settings.redis_maxmemory_bytes
         )
         where = f" (data in {self.redis.data_dir})" if self.redis.data_dir else ""
-        say(f"redis: {self.redis.source} at {self.redis.url}{where}")
+        shown = redis_clients.parse(self.redis.url).redacted()  # no password in the log
+        say(f"redis: {self.redis.source} at {shown}{where}")
         self.plan()
         for child in self.children:
             self._start(child)
@@ -115,7 +117,9 @@ class Fleet:
         signal.signal(signal.SIGTERM, self._on_signal)
         base = f"http://{self.host}:{self.port}"
         announced = ready = False
-        client = redis.Redis.from_url(self.redis.url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis_clients.sync_client(
+            self.redis.url, socket_timeout=2, socket_connect_timeout=2
+        )
         try:
             while not self.stopping:
                 self._supervise()
@@ -129,7 +133,7 @@ class Fleet:
                     say("ready. Try:\n" + curl_example(base, self.settings.model))
                 time.sleep(0.5)
         finally:
-            client.close()
+            redis_clients.close_sync(client)
             self.shutdown()
         return 0
 

@@ -20,6 +20,7 @@ import time
 
 import redis
 
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.records import Heartbeat, Keys
 from sam2fleet.shared.settings import Settings, get_settings
 
@@ -48,14 +49,16 @@ def run(settings: Settings | None = None, host: str | None = None) -> int:
     """0 when a warm worker reports from this host, else 1, with one line saying why."""
     settings = settings or get_settings()
     host = host or socket.gethostname()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    client = redis_clients.sync_client(
+        settings.redis_url, socket_connect_timeout=3, socket_timeout=3
+    )
     try:
         warm = warm_heartbeats(client, settings, host)
     except (redis.RedisError, OSError) as exc:
         print(f"not ready: Redis unreachable ({type(exc).__name__})", file=sys.stderr)
         return 1
     finally:
-        client.close()
+        redis_clients.close_sync(client)
     if not warm:
         print(
             f"not ready: no warm {settings.model} worker on {host} heard from within "

@@ -155,6 +155,12 @@ def test_sentinel_set_starts_fails_over_and_takes_the_lost_pod_back(pods: Pods) 
         pods.start(i, "redis")
         pods.start(i, "sentinel")
     until(lambda: pods.replication(0).get("connected_slaves") == "2", pods, "two replicas")
+    # min-replicas-to-write: the primary takes writes once a replica has acknowledged.
+    until(
+        lambda: pods.replication(0).get("min_slaves_good_slaves") == "2",
+        pods,
+        "two replicas acknowledging",
+    )
     until(
         lambda: pods.cli(1, 26379, "sentinel", "ckquorum", "sam2fleet").startswith("OK 3"),
         pods,

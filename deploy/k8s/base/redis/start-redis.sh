@@ -5,12 +5,16 @@
 # Protected mode off: it refuses every client but loopback when no password is set
 # (the official image's entrypoint, not used here, turns it off the same way); the
 # NetworkPolicy `redis-from-fleet` is what keeps other pods out.
+# min-replicas-to-write: a primary that no replica follows (the sentinels promoted
+# another pod behind its back) refuses writes rather than take writes the failover
+# will discard; the fleet then asks the sentinels again (docs/reliability.md).
 set -eu
 . /scripts/primary.sh
 primary=$(current_primary)
 set -- --port 6379 --protected-mode no --dir /data \
   --appendonly yes --appendfsync everysec \
   --maxmemory "${REDIS_MAXMEMORY:-3gb}" --maxmemory-policy noeviction \
+  --min-replicas-to-write 1 --min-replicas-max-lag 10 \
   --replica-announce-ip "$SELF" --replica-announce-port 6379
 if [ "$primary" != "$SELF" ]; then
   set -- "$@" --replicaof "$primary" 6379
