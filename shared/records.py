@@ -106,6 +106,11 @@ class Keys:
     def holders(self) -> str:
         return f"{self.prefix}:holders"
 
+    def replication_probe(self, worker: str) -> str:
+        """A scratch key a worker writes so that a Redis `WAIT` on its connection has a
+        write of its own to wait for (worker/store.py)."""
+        return f"{self.prefix}:replication_probe:{worker}"
+
     def supervisor(self, node: str, pid: int) -> str:
         """The beat of a worker's Celery supervisor (the process holding its broker
         connection and so its unacknowledged messages)."""

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
         le=16,
         description="Replicas that must hold a job (Redis `WAIT`) before the API answers "
         "202; unset: 1 with a `sentinel://` URL, 0 otherwise. A submit whose job is not "
-        "replicated in time is withdrawn and answered 503 `unavailable`.",
+        "replicated in time is withdrawn and answered 503 `unavailable`. Workers wait for "
+        "as many replicas after writing a job's outcome, and write it again if a failover "
+        "lost it.",
     )
     redis_replica_ack_timeout_ms: int = Field(
         1000,

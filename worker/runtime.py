@@ -141,6 +141,8 @@ def start(settings: Settings) -> Runtime:
         holder=name,
         # The supervisor's beat, written by worker/celery_app.py under the same names.
         supervisor=keys.supervisor(node_name(), os.getppid()),
+        replicas=settings.replicas_to_ack(),
+        replica_timeout_ms=settings.redis_replica_ack_timeout_ms,
     )
     clearer = CacheClearer(
         settings.cuda_empty_cache, settings.cuda_empty_cache_threshold_bytes, model.device

@@ -18,8 +18,16 @@ from typing import Any, TypeVar
 
 import redis
 
+from sam2fleet.shared import redis_clients
 from sam2fleet.shared.errors import WorkerCrashed
-from sam2fleet.shared.records import FINISH_SCRIPT, START_SCRIPT, Heartbeat, JobRecord, Keys
+from sam2fleet.shared.records import (
+    FINISH_SCRIPT,
+    START_SCRIPT,
+    TERMINAL,
+    Heartbeat,
+    JobRecord,
+    Keys,
+)
 from sam2fleet.shared.schemas import ErrorBody, JobStatus
 
 log = logging.getLogger(__name__)
@@ -37,11 +45,17 @@ class JobStore:
         retry_s: float = 30.0,
         holder: str = "",
         supervisor: str = "",
+        replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.max_attempts = max_attempts
         self.retry_s = retry_s
+        # Replicas a terminal write must reach (Sentinel; 0: one Redis, nothing to wait).
+        self.replicas = replicas
+        self.replica_timeout_ms = replica_timeout_ms
+        self.rewritten = 0  # terminal writes made again: lost with a Redis primary
         # The worker this store writes for ("": a supervisor writing on a job's behalf,
         # unfenced) and its supervisor's beat key.
         self.holder = holder
@@ -124,16 +138,85 @@ class JobStore:
             self.keys.held(self.holder),
         ]
         args = [status, result, error, time.time(), self.holder, job_id]
-        written = int(self.retrying(lambda: self._finish(keys=keys, args=args)))
+        written, acked = self.retrying(lambda: self._finish_and_wait(keys, args))
         if written < 0:
-            self.fenced_writes += 1
+            self._fenced(job_id, status)
+        elif acked < self.replicas:
+            self._until_replicated(job_id, status, keys, args)
+        return written > 0
+
+    def _fenced(self, job_id: str, status: str) -> None:
+        self.fenced_writes += 1
+        log.warning(
+            "job %s: this worker no longer holds the job (another worker took it "
+            "over while this one was out of reach); its %s outcome is discarded",
+            job_id,
+            status,
+        )
+
+    def _finish_and_wait(self, keys: list[str], args: list[Any]) -> tuple[int, int]:
+        """The terminal-write script, then `WAIT` for the replicas on the same
+        connection: (the script's answer, replicas holding the write)."""
+        if self.replicas <= 0:
+            return int(self._finish(keys=keys, args=args)), 0
+        pipe = self.redis.pipeline(transaction=False)
+        self._finish(keys=keys, args=args, client=pipe)
+        pipe.wait(self.replicas, self.replica_timeout_ms)
+        written, acked = pipe.execute()
+        return int(written), int(acked)
+
+    def _probe_and_wait(self) -> int:
+        """Replicas holding everything written so far: WAIT after a write of our own."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.replication_probe(self.holder or "supervisor"), b"1", px=60_000)
+        pipe.wait(self.replicas, self.replica_timeout_ms)
+        return int(pipe.execute()[1])
+
+    def _until_replicated(self, job_id: str, status: str, keys: list[str], args: list[Any]) -> None:
+        """A job's outcome counts once `replicas` replicas hold it. Redis replicates
+        asynchronously: a primary SIGKILLed right after the write takes it along, the
+        promoted replica's record still says `running`, held by this very worker, which
+        is alive, so no sweep will ever release the job. So keep asking which server is
+        the primary and whether it holds the outcome; write it again where it does not
+        (the same outcome, not a second run; counted in `rewritten`). Gives up after
+        `retry_s`: then the replicas are gone, and the primary refuses writes anyway
+        (`min-replicas-to-write`)."""
+        deadline = time.monotonic() + self.retry_s
+        acked = 0
+        while acked < self.replicas and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                redis_clients.follow_primary(self.redis)
+                held = self.redis.hget(self.keys.job(job_id), "status")
+                if held is not None and JobStatus(held.decode()) in TERMINAL:
+                    acked = self._probe_and_wait()
+                    continue
+                written, acked = self._finish_and_wait(keys, args)
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                continue  # a failover under way
+            except redis.ResponseError as exc:  # NOREPLICAS: a primary short of replicas
+                log.warning("job %s: %s", job_id, exc)
+                continue
+            if written < 0:
+                self._fenced(job_id, status)
+                return
+            if written > 0:
+                self.rewritten += 1
+                log.warning(
+                    "job %s: its %s outcome was lost with a Redis primary before any "
+                    "replica held it; written again",
+                    job_id,
+                    status,
+                )
+        if acked < self.replicas:
             log.warning(
-                "job %s: this worker no longer holds the job (another worker took it "
-                "over while this one was out of reach); its %s outcome is discarded",
+                "job %s: its %s outcome reached %d of %d replica(s) within %.0f s",
                 job_id,
                 status,
+                acked,
+                self.replicas,
+                self.retry_s,
             )
-        return written > 0
 
     def claim_affinity(self, model: str, owner: str, image_id: str, queue: str, ttl_s: int) -> None:
         """Tell the gateway that `queue`'s worker holds the image's embedding now."""
