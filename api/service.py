@@ -40,7 +40,8 @@ from sam2fleet.shared.errors import (
 from sam2fleet.shared.images import ProbedImage, check_image
 from sam2fleet.shared.models import MODELS
 from sam2fleet.shared.queue import SEGMENT_TASK
-from sam2fleet.shared.records import CANCEL_SCRIPT, Heartbeat, JobRecord, Keys
+from sam2fleet.shared.record_scripts import CANCEL_SCRIPT
+from sam2fleet.shared.records import Heartbeat, JobRecord, Keys
 from sam2fleet.shared.schemas import ErrorBody, JobSpec, JobStatus
 from sam2fleet.shared.settings import Settings
 

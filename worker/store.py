@@ -20,14 +20,8 @@ import redis
 
 from sam2fleet.shared import redis_clients
 from sam2fleet.shared.errors import WorkerCrashed
-from sam2fleet.shared.records import (
-    FINISH_SCRIPT,
-    START_SCRIPT,
-    TERMINAL,
-    Heartbeat,
-    JobRecord,
-    Keys,
-)
+from sam2fleet.shared.record_scripts import FINISH_SCRIPT, START_SCRIPT
+from sam2fleet.shared.records import TERMINAL, Heartbeat, JobRecord, Keys
 from sam2fleet.shared.schemas import ErrorBody, JobStatus
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sam2fleet.shared.queue import UNACKED, UNACKED_INDEX
-from sam2fleet.shared.records import FORGET_HOLDER_SCRIPT, RELEASE_SCRIPT
+from sam2fleet.shared.record_scripts import FORGET_HOLDER_SCRIPT, RELEASE_SCRIPT
 from sam2fleet.worker.store import JobStore
 
 log = logging.getLogger(__name__)
