@@ -201,6 +201,13 @@ def test_sentinel_set_starts_fails_over_and_takes_the_lost_pod_back(pods: Pods) 
         )
 
     until(rejoined, pods, f"redis-0 back as a replica of {new}")
+    # It starts with replica-priority 0 (no candidate before it is synced); once
+    # synced the start script must make it a failover candidate again.
+    until(
+        lambda: pods.cli(0, 6379, "config", "get", "replica-priority").split()[-1] == "100",
+        pods,
+        "redis-0 a failover candidate again",
+    )
     until(lambda: pods.primary(0).splitlines()[0] == new, pods, "redis-0's sentinel follows")
     until(
         lambda: pods.cli(0, 26379, "sentinel", "ckquorum", "sam2fleet").startswith("OK 3"),

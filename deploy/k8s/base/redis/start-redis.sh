@@ -17,7 +17,16 @@ set -- --port 6379 --protected-mode no --dir /data \
   --min-replicas-to-write 1 --min-replicas-max-lag 10 \
   --replica-announce-ip "$SELF" --replica-announce-port 6379
 if [ "$primary" != "$SELF" ]; then
-  set -- "$@" --replicaof "$primary" 6379
+  # No failover candidate until synced: the sentinels would otherwise promote a pod
+  # that has not received a byte yet if the primary were lost meanwhile. A
+  # background loop raises the priority once the link to the primary is up.
+  set -- "$@" --replicaof "$primary" 6379 --replica-priority 0
+  (
+    until redis-cli -p 6379 info replication 2>/dev/null | grep -q '^master_link_status:up'; do
+      sleep 1
+    done
+    redis-cli -p 6379 config set replica-priority 100 >/dev/null
+  ) &
 fi
 echo "redis on $SELF; primary: $primary"
 exec redis-server "$@"
