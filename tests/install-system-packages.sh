@@ -5,7 +5,9 @@
 #   chromium    tests/browser drives the playground page through Playwright (headless)
 #   redis-server, redis-cli, ip
 #               tests/deploy/test_k8s_redis.py runs the Redis StatefulSet's scripts in
-#               network namespaces
+#               network namespaces; tests/multihost puts Redis, the API and the workers
+#               on hosts of their own (namespaces); tests/faults/test_sentinel.py runs
+#               a Sentinel set (`redis-server --sentinel`)
 # kubectl (kustomize v5) for tests/deploy comes from tests/install-kubectl.sh.
 set -euo pipefail
 
