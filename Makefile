@@ -19,8 +19,17 @@ run: install
 test: install system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Programs the tests drive as real peers, each as `program=Debian package`; installed
+# when missing (tests/install-system-packages.sh says what and why):
+#   prometheus    tests/observability and tests/multihost scrape live fleets
+#   chromium      tests/browser drives the playground page through Playwright
+#   redis-server, redis-cli, ip   Sentinel sets, hosts in network namespaces, the k8s
+#                 Redis scripts (tests/faults, tests/multihost, tests/deploy)
+TEST_PROGRAMS := prometheus=prometheus chromium=chromium redis-server=redis-server \
+	redis-cli=redis-tools ip=iproute2
+
 system-packages: install
-	@bash tests/install-system-packages.sh
+	@bash tests/install-system-packages.sh $(TEST_PROGRAMS)
 	@bash tests/install-kubectl.sh $(VENV)
 
 lint: install typecheck

@@ -49,6 +49,25 @@ def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def file_upload(part: str, *raw_types: str, base64_json: bool = False) -> dict[str, Any]:
+    """`openapi_extra` of an upload route, whose handler reads its body itself: the
+    file as a multipart part named `part`, optionally as JSON `{part: base64}`, or as
+    the raw body with one of `raw_types`."""
+    binary = {"type": "string", "format": "binary"}
+    content: dict[str, Any] = {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": [part], "properties": {part: binary}}
+        }
+    }
+    if base64_json:
+        base64 = {"type": "string", "description": "base64"}
+        content["application/json"] = {
+            "schema": {"type": "object", "required": [part], "properties": {part: base64}}
+        }
+    content.update({media_type: {"schema": binary} for media_type in raw_types})
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def build(app: FastAPI) -> dict[str, Any]:
     """The document, made once."""
     if app.openapi_schema is None:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -154,10 +155,37 @@ class JobService:
             spec, image, model, lambda job_id: self._record(job_id, owner), self.settings
         )
         spec = spec.model_copy(update={"model": model})
+
+        async def queue_it(warm: list[Heartbeat]) -> dict[str, Any]:
+            if data is not None:  # the request brought the image: store it now
+                await self._write_image(data, image, owner)
+            queue = await self._route(spec, owner, image.image_id, model, warm)
+            record = JobRecord.new(job_id, spec, model, image.image_id, owner)
+            return await self.queue_record(record, queue)
+
+        fingerprint = f"{image.image_id}:{spec.model_dump_json()}"
+        return await self.admit(
+            owner, model, job_id, idempotency_key, fingerprint, len(data or b""), queue_it
+        )
+
+    async def admit(
+        self,
+        owner: str,
+        model: str,
+        job_id: str,
+        idempotency_key: str | None,
+        fingerprint: str,
+        stored_bytes: int,
+        queue_it: Callable[[list[Heartbeat]], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """The steps every kind of job takes once its request is valid: the
+        Idempotency-Key claimed (or the earlier identical request's job returned), a
+        warm worker required, room in Redis and in the model's queue reserved in one
+        step (api/admission.py), then `queue_it` with the warm workers' heartbeats."""
         idem_key = None
         if idempotency_key is not None:
             idem_key, existing = await self._claim_idempotency(
-                owner, idempotency_key, f"{image.image_id}:{spec.model_dump_json()}", job_id
+                owner, idempotency_key, fingerprint, job_id
             )
             if existing is not None:
                 return existing
@@ -166,12 +194,9 @@ class JobService:
             warm = await self._warm_for_submit(model)
             if not warm:
                 raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
-            reservation = await self.admission.reserve(model, len(data or b""))
+            reservation = await self.admission.reserve(model, stored_bytes)
             try:
-                if data is not None:  # the request brought the image: store it now
-                    await self._write_image(data, image, owner)
-                queue = await self._route(spec, owner, image.image_id, model, warm)
-                return await self._enqueue(job_id, spec, image, owner, model, queue)
+                return await queue_it(warm)
             finally:
                 # Queued (its message now counts) or refused: the slot goes either way.
                 await self.admission.release(model, reservation)
@@ -206,22 +231,22 @@ class JobService:
             # The first request is still being accepted (or its job expired).
             raise Conflict("a request with this Idempotency-Key is in progress; retry") from None
 
-    async def _enqueue(
-        self, job_id: str, spec: JobSpec, image: ProbedImage, owner: str, model: str, queue: str
-    ) -> dict[str, Any]:
-        record = JobRecord.new(job_id, spec, model, image.image_id, owner)
-        key = self.keys.job(job_id)
+    async def queue_record(self, record: JobRecord, queue: str, **send: Any) -> dict[str, Any]:
+        """Write a new job's record, then send its message to `queue` (`send`: more of
+        Celery's options, e.g. a video job's time limits); the record is removed if the
+        message cannot be sent. Answers once the replicas required hold it."""
+        key = self.keys.job(record.id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping=record.to_redis())
         pipe.expire(key, self.settings.job_ttl_s)
         await pipe.execute()
         try:
-            await anyio.to_thread.run_sync(partial(self._send, job_id, queue))
+            await anyio.to_thread.run_sync(partial(self._send, record.id, queue, **send))
         except Exception as exc:
             await self.redis.delete(key)
             raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
-        await self.replicated(job_id)
-        metrics.job_submitted(job_id, model, spec.mode)
+        await self.replicated(record.id)
+        metrics.job_submitted(record.id, record.model, record.mode)
         return record.public()
 
     async def replicated(self, job_id: str) -> None:

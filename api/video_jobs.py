@@ -16,14 +16,10 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
-import anyio
 from pycocotools import mask as mask_utils
-from redis.exceptions import RedisError
 
-from sam2fleet.api import metrics
 from sam2fleet.api.payload import parse_json
 from sam2fleet.api.prompts import check_prompts
 from sam2fleet.api.service import JobService
@@ -32,14 +28,11 @@ from sam2fleet.shared.errors import (
     InvalidInput,
     InvalidPrompt,
     NotFound,
-    NoWorkerReady,
-    Sam2FleetError,
-    Unavailable,
     VideoTooLarge,
 )
 from sam2fleet.shared.images import ProbedImage
 from sam2fleet.shared.models import MODELS
-from sam2fleet.shared.records import JobRecord
+from sam2fleet.shared.records import Heartbeat, JobRecord
 from sam2fleet.shared.schemas import JobStatus, VideoInfo
 from sam2fleet.shared.settings import Settings
 from sam2fleet.shared.video_memory import estimate_video_bytes
@@ -79,28 +72,19 @@ async def submit(
     check_video_prompts(spec, info, settings)
     check_memory(spec, info, settings, model)
     job_id = uuid.uuid4().hex
-    idem_key = None
-    if idempotency_key is not None:
-        fingerprint = f"video:{info.video_id}:{spec.model_dump_json()}"
-        idem_key, existing = await service._claim_idempotency(
-            owner, idempotency_key, fingerprint, job_id
+
+    async def queue_it(_: list[Heartbeat]) -> dict[str, Any]:
+        limit = settings.video_time_limit_s
+        return await service.queue_record(
+            video_record(job_id, spec, info, owner, model),
+            service.keys.queue(model),  # never a worker's private queue: no image affinity
+            soft_time_limit=limit,
+            time_limit=limit + 60,
         )
-        if existing is not None:
-            return existing
-    try:
-        if not await service.warm_workers(model):
-            raise NoWorkerReady(f"no worker serving {model} is ready; retry shortly")
-        # The same atomic admission as image jobs (api/admission.py): room in Redis and
-        # in the model's queue, checked and reserved in one step across API processes.
-        reservation = await service.admission.reserve(model, 0)
-        try:
-            return await _enqueue(service, job_id, spec, info, owner, model)
-        finally:
-            await service.admission.release(model, reservation)
-    except (Sam2FleetError, RedisError):
-        if idem_key is not None:
-            await service.redis.delete(idem_key)
-        raise
+
+    # The same admission as image jobs: the key, a warm worker, room reserved atomically.
+    fingerprint = f"video:{info.video_id}:{spec.model_dump_json()}"
+    return await service.admit(owner, model, job_id, idempotency_key, fingerprint, 0, queue_it)
 
 
 def resolve(create: VideoJobCreate, model: str, info: VideoInfo) -> VideoJobSpec:
@@ -181,11 +165,11 @@ def check_memory(spec: VideoJobSpec, info: VideoInfo, settings: Settings, model:
         )
 
 
-async def _enqueue(
-    service: JobService, job_id: str, spec: VideoJobSpec, info: VideoInfo, owner: str, model: str
-) -> dict[str, Any]:
+def video_record(
+    job_id: str, spec: VideoJobSpec, info: VideoInfo, owner: str, model: str
+) -> JobRecord:
     assert spec.video.end is not None
-    record = JobRecord(
+    return JobRecord(
         id=job_id,
         status=JobStatus.queued,
         model=model,
@@ -197,27 +181,6 @@ async def _enqueue(
         frames_done=0,
         frames_total=len(frames_written(spec, spec.video.end + 1)),
     )
-    key = service.keys.job(job_id)
-    pipe = service.redis.pipeline(transaction=True)
-    pipe.hset(key, mapping=record.to_redis())
-    pipe.expire(key, service.settings.job_ttl_s)
-    await pipe.execute()
-    limit = service.settings.video_time_limit_s
-    send = partial(
-        service._send,
-        job_id,
-        service.keys.queue(model),  # never a worker's private queue: no image affinity
-        soft_time_limit=limit,
-        time_limit=limit + 60,
-    )
-    try:
-        await anyio.to_thread.run_sync(send)
-    except Exception as exc:
-        await service.redis.delete(key)
-        raise Unavailable(f"could not queue the job: {type(exc).__name__}") from None
-    await service.replicated(job_id)
-    metrics.job_submitted(job_id, model, "video")
-    return record.public()
 
 
 # --- frame records ----------------------------------------------------------------

@@ -1,23 +1,16 @@
 #!/usr/bin/env bash
-# The system programs the test suite drives as real peers, installed from Debian's
-# packages when missing (`make test` runs this first; nothing to do by hand).
-#   prometheus  tests/observability scrapes a live fleet and evaluates every panel
-#   chromium    tests/browser drives the playground page through Playwright (headless)
-#   redis-server, redis-cli, ip
-#               tests/deploy/test_k8s_redis.py runs the Redis StatefulSet's scripts in
-#               network namespaces; tests/multihost puts Redis, the API and the workers
-#               on hosts of their own (namespaces); tests/faults/test_sentinel.py runs
-#               a Sentinel set (`redis-server --sentinel`)
+# Installs from Debian's packages the system programs the test suite drives as real
+# peers, when missing. Arguments: `program=package` pairs (the Makefile's
+# TEST_PROGRAMS, where each is said what for); `make test` runs this first, so there
+# is nothing to do by hand.
 # kubectl (kustomize v5) for tests/deploy comes from tests/install-kubectl.sh.
 set -euo pipefail
 
-declare -A PACKAGE_OF=(
-  [prometheus]=prometheus
-  [chromium]=chromium
-  [redis-server]=redis-server
-  [redis-cli]=redis-tools
-  [ip]=iproute2
-)
+[ $# -gt 0 ] || { echo "usage: $0 program=package ..." >&2; exit 2; }
+declare -A PACKAGE_OF=()
+for pair in "$@"; do
+  PACKAGE_OF[${pair%%=*}]=${pair#*=}
+done
 
 missing=()
 for binary in "${!PACKAGE_OF[@]}"; do

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from sam2fleet.launcher.redis_server import (
@@ -171,3 +173,14 @@ def fleet_env(
     if image_size is not None:
         env["SAM2FLEET_MODEL_IMAGE_SIZE"] = str(image_size)
     return env
+
+
+def prometheus_binary() -> str:
+    """Debian's `prometheus` (`make test` installs it); the test fails without it."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail(
+            "the `prometheus` binary is not on PATH; install it with "
+            "`apt-get install -y prometheus` (`make test` does this)"
+        )
+    return binary

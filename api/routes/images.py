@@ -8,35 +8,14 @@ from fastapi import APIRouter, Request
 
 from sam2fleet.api.auth import Owner, check_rate
 from sam2fleet.api.deps import ServiceDep, SettingsDep
-from sam2fleet.api.openapi import answers
+from sam2fleet.api.openapi import answers, file_upload
 from sam2fleet.api.payload import decode_base64_image, open_form, parse_json_object, read_upload
 from sam2fleet.shared.errors import InvalidInput
 from sam2fleet.shared.schemas import ImageInfo
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "description": "base64"}},
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+_UPLOAD_BODY = file_upload("image", "image/*", base64_json=True)
 
 
 @router.post(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from sam2fleet.api.auth import Owner, check_rate
 from sam2fleet.api.deps import SettingsDep
-from sam2fleet.api.openapi import answers
+from sam2fleet.api.openapi import answers, file_upload
 from sam2fleet.api.videos import VideoStore, read_upload
 from sam2fleet.shared.errors import NotFound
 from sam2fleet.shared.schemas import VideoInfo
@@ -22,22 +22,7 @@ def video_store(request: Request) -> VideoStore:
 
 VideosDep = Annotated[VideoStore, Depends(video_store)]
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["video"],
-                    "properties": {"video": {"type": "string", "format": "binary"}},
-                }
-            },
-            "video/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/zip": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+_UPLOAD_BODY = file_upload("video", "video/*", "application/zip")
 
 
 @router.post(

@@ -109,11 +109,14 @@ def faulty(
     request: pytest.FixtureRequest,
 ) -> Iterator[FaultFleet]:
     prefix = f"flt{abs(hash(request.module.__name__)) % 10**6}"
-    fleet = FaultFleet(
-        fleet_env(redis_server.url, tiny_checkpoint, prefix, SMALL, **FAULT_ENV),
-        tmp_path_factory.mktemp("faults"),
-    )
-    fleet.redis = redis.Redis.from_url(redis_server.url)
+    env = fleet_env(redis_server.url, tiny_checkpoint, prefix, SMALL, **FAULT_ENV)
+    yield from running_fault_fleet(env, tmp_path_factory.mktemp("faults"), prefix)
+
+
+def running_fault_fleet(env: dict[str, str], logs: Path, prefix: str) -> Iterator[FaultFleet]:
+    """One worker and the API on `env`, ready; stopped when the generator is closed."""
+    fleet = FaultFleet(env, logs)
+    fleet.redis = redis.Redis.from_url(env["SAM2FLEET_REDIS_URL"])
     fleet.prefix = prefix
     fleet.start_worker("w0")
     fleet.start_api()

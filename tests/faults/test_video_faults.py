@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from tests.faults.conftest import FaultFleet, kill
+from tests.faults.conftest import FaultFleet, kill, running_fault_fleet
 from tests.faults.test_redis import restart
 from tests.support import Fleet, RedisServer, fleet_env
 from tests.system.client import submit
@@ -37,20 +36,8 @@ CLICK = {"obj_id": 1, "frame": 0, "points": [[40, 50]], "labels": [1]}
 def vfaulty(
     redis_server: RedisServer, video_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultFleet]:
-    fleet = FaultFleet(
-        fleet_env(redis_server.url, video_checkpoint, "vflt", VIDEO_SIZE, **ENV),
-        tmp_path_factory.mktemp("vfaults"),
-    )
-    fleet.redis = redis.Redis.from_url(redis_server.url)
-    fleet.prefix = "vflt"
-    fleet.start_worker("w0")
-    fleet.start_api()
-    try:
-        fleet.wait_ready()
-        yield fleet
-    finally:
-        fleet.stop()
-        fleet.redis.close()
+    env = fleet_env(redis_server.url, video_checkpoint, "vflt", VIDEO_SIZE, **ENV)
+    yield from running_fault_fleet(env, tmp_path_factory.mktemp("vfaults"), "vflt")
 
 
 def start_video(fleet: Fleet, n: int) -> dict[str, Any]:

@@ -3,7 +3,6 @@ Prometheus on the monitor host when a test asks for it."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.multihost.fleet import (
     wait_answers,
 )
 from tests.multihost.netns import NamespaceError
-from tests.support import ROOT
+from tests.support import ROOT, prometheus_binary
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +36,7 @@ def hosts(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="module")
 def prometheus(hosts: MultiHost) -> str:
     """Prometheus on the monitor host, scraping the API host and every worker host."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail(
-            "the `prometheus` binary is not on PATH; install it with "
-            "`apt-get install -y prometheus` (`make test` does this)"
-        )
+    binary = prometheus_binary()
     monitor = hosts.host("monitor")
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")

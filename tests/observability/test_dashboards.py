@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import yaml
 
 from sam2fleet.launcher.redis_server import free_port
 from tests.observability.conftest import WORKERS, ObsFleet, Traffic
-from tests.support import ROOT
+from tests.support import ROOT, prometheus_binary
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -55,12 +54,7 @@ def panel_queries() -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def prometheus(obs: ObsFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail(
-            "the `prometheus` binary is not on PATH; install it with "
-            "`apt-get install -y prometheus` (`make test` does this)"
-        )
+    binary = prometheus_binary()
     workdir = tmp_path_factory.mktemp("prometheus")
     config = yaml.safe_load(PROM_CONFIG.read_text())
     jobs = {c["job_name"]: c for c in config["scrape_configs"]}
