@@ -288,6 +288,9 @@ class Heartbeat:
     queue: str  # its private queue (image affinity)
     inflight: str  # its in-flight list (cross-job batching)
     ts: float = field(default_factory=time.time)
+    # The Celery supervisor that forked this pool process: `sam2fleet up` tells by it
+    # which of its workers has warmed up (sam2fleet/launcher/supervisor.py).
+    parent_pid: int = 0
     cuda_cache_clears: int = 0
     cuda_cache_bytes_released: int = 0
 
@@ -310,6 +313,7 @@ class Heartbeat:
                 queue=f.get("queue", ""),
                 inflight=f.get("inflight", ""),
                 ts=float(f["ts"]),
+                parent_pid=int(f.get("parent_pid") or 0),
                 cuda_cache_clears=int(f.get("cuda_cache_clears") or 0),
                 cuda_cache_bytes_released=int(f.get("cuda_cache_bytes_released") or 0),
             )

@@ -254,6 +254,20 @@ class Settings(BaseSettings):
         "(worker/takeover.py): a lost worker's job restarts within this plus "
         "heartbeat_interval_s.",
     )
+    worker_warmup_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="`sam2fleet up` replaces a worker that has not reported a finished "
+        "warm-up this long after it started (or after its model process was replaced), "
+        "printing the worker's last log lines. It covers writing a missing random "
+        "checkpoint; a real one is downloaded before the workers start.",
+    )
+    shutdown_grace_s: float = Field(
+        6.0,
+        ge=0,
+        description="On Ctrl-C or SIGTERM `sam2fleet up` gives its processes this long to "
+        "stop, then SIGKILLs what is left (a job cut short is redelivered: acks late).",
+    )
     task_soft_time_limit_s: int = Field(
         300, description="Soft time limit of one job; the job fails with `timeout`."
     )

@@ -4,6 +4,10 @@ Run as `celery -A sam2fleet.worker.celery_app worker --pool prefork --concurrenc
 (`sam2fleet worker` does this). The model lives in the pool's child process, so
 the supervising parent can replace it if it dies, and the parent notices a child
 killed mid-job and requeues that job (acks late + reject on worker lost).
+
+The supervising parent never imports torch: it forks the pool, and a forked child of
+a process whose OpenMP thread pool has started hangs on its first parallel torch
+operation. tests/worker/test_fork_safety.py holds the whole module to that.
 """
 
 from __future__ import annotations
@@ -33,10 +37,7 @@ from celery.signals import (
 from sam2fleet.shared.queue import make_celery
 from sam2fleet.shared.records import Keys
 from sam2fleet.shared.settings import get_settings
-from sam2fleet.worker import (
-    observability,  # noqa: F401  signal hooks: node name, logs, job id
-    runtime,
-)
+from sam2fleet.worker import observability  # noqa: F401  signal hooks: node name, logs, job id
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,13 @@ def _check_weights(**_: object) -> None:
     # Fail fast in the supervising process: a missing checkpoint should stop the
     # worker with a clear message, not make the pool respawn children forever.
     # Celery swallows exceptions raised here and then hangs, hence the hard exit.
+    # This process forks the pool next, so it runs no torch (worker/weights.py):
+    # a missing random checkpoint is written by a subprocess.
     from sam2fleet.shared.errors import ModelUnavailable
-    from sam2fleet.worker.weights import resolve_weights
+    from sam2fleet.worker.weights import prepare_weights
 
     try:
-        resolve_weights(get_settings())
+        prepare_weights(get_settings())
     except ModelUnavailable as exc:
         log.error("%s", exc.message)
         sys.stderr.flush()
@@ -122,11 +125,15 @@ def _beat_as_supervisor(sender: str, **_: object) -> None:
 
 @worker_process_init.connect
 def _load_model(**_: object) -> None:
+    from sam2fleet.worker import runtime  # imports torch: in the pool process only
+
     runtime.start(get_settings())
 
 
 @worker_process_shutdown.connect
 def _unregister(**_: object) -> None:
+    from sam2fleet.worker import runtime
+
     runtime.stop()
 
 

@@ -17,19 +17,32 @@ Video jobs read the key of their video id instead:
 
     frame_sleep:S  hold each tracked frame S seconds (a video that outlasts a timeout
                    on any machine, however fast)
+
+A starting pool process reads `{prefix}:fault:warmup` before it loads the model:
+
+    hang           never finish the warm-up (as a deadlocked model load would)
+    hang_once      the same, once: the key is deleted first, so a replacement warms up
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
 import time
 
+import redis
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
+from sam2fleet.shared.records import Keys
 from sam2fleet.shared.schemas import JobSpec
 from sam2fleet.worker.store import JobStore
+
+log = logging.getLogger(__name__)
+
+WARMUP = "warmup"  # the fault key's name in place of an image id
 
 
 def inject(store: JobStore, image_id: str, spec: JobSpec) -> None:
@@ -65,3 +78,15 @@ def frame_delay(store: JobStore, video_id: str) -> float:
     fault = store.fault(video_id) or ""
     kind, _, arg = fault.partition(":")
     return float(arg) if kind == "frame_sleep" else 0.0
+
+
+def hold_warmup(client: redis.Redis, keys: Keys) -> None:
+    """Hang here for good when the warm-up fault is set (`hang`, `hang_once`)."""
+    fault = client.get(keys.fault(WARMUP))
+    kind = fault.decode() if fault else ""
+    if kind not in ("hang", "hang_once"):
+        return
+    if kind == "hang_once":
+        client.delete(keys.fault(WARMUP))
+    log.warning("warm-up held by fault injection (%s) in pid %d", kind, os.getpid())
+    threading.Event().wait()  # never set: only a signal ends this process

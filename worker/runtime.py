@@ -20,6 +20,7 @@ import torch
 from sam2fleet.shared import redis_clients
 from sam2fleet.shared.records import Heartbeat, Keys
 from sam2fleet.shared.settings import Settings
+from sam2fleet.worker import faults
 from sam2fleet.worker.batching import BatchRunner, Gatherer
 from sam2fleet.worker.gpu import CacheClearer
 from sam2fleet.worker.jobs import JobObserver, JobRunner, NoObserver
@@ -96,6 +97,7 @@ class Runtime:
                 weights=self.model.stamp.weights,
                 warm=self.warm,
                 pid=os.getpid(),
+                parent_pid=os.getppid(),
                 queue=self.queue,
                 inflight=self.inflight,
                 cuda_cache_clears=self.clearer.clears,
@@ -122,8 +124,6 @@ def start(settings: Settings) -> Runtime:
     logging.getLogger().addFilter(_QuietSam2())
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    model = SegmentationModel(settings)
-    warmup_s = model.warmup()
     keys = Keys(settings.key_prefix)
     name = f"{socket.gethostname()}:{os.getpid()}"
     client = redis_clients.sync_client(
@@ -133,6 +133,10 @@ def start(settings: Settings) -> Runtime:
         health_check_interval=30,
         retry_on_timeout=True,
     )
+    if settings.fault_injection:
+        faults.hold_warmup(client, keys)
+    model = SegmentationModel(settings)
+    warmup_s = model.warmup()
     store = JobStore(
         client,
         keys,

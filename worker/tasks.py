@@ -8,16 +8,23 @@ failure leads to: worker/failures.py.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import shared_task
 
 from sam2fleet.shared.queue import SEGMENT_TASK
-from sam2fleet.worker import runtime, video_jobs
-from sam2fleet.worker.jobs import Outcome
 from sam2fleet.worker.takeover import delivery_tag
+
+if TYPE_CHECKING:
+    from sam2fleet.worker.jobs import Outcome
 
 
 @shared_task(name=SEGMENT_TASK, ignore_result=True)
 def segment(job_id: str) -> str:
+    # The Celery supervisor registers this task but must not import torch before it
+    # forks its pool (worker/celery_app.py): the model's modules load in the pool.
+    from sam2fleet.worker import runtime, video_jobs
+
     rt = runtime.current()
     record = rt.runner.start(job_id, delivery_tag(segment.request))
     if record is None:

