@@ -17,12 +17,12 @@ LIMIT = 5
 MINUTE = 1_700_000_040_000  # a whole minute since the epoch: where fixed windows reset
 
 
-def hits(settings: Settings, calls: list[tuple[str, int]]) -> list[int | None]:
+def hits(settings: Settings, calls: list[tuple[str, int]], limit: int = LIMIT) -> list[int | None]:
     """Each (owner, now_ms) in turn: None when admitted, else the Retry-After given."""
 
     async def go() -> list[int | None]:
         client = aredis.Redis.from_url(settings.redis_url)
-        limiter = RateLimiter(settings.model_copy(update={"rate_limit_per_minute": LIMIT}), client)
+        limiter = RateLimiter(settings.model_copy(update={"rate_limit_per_minute": limit}), client)
         out: list[int | None] = []
         try:
             for owner, now in calls:
@@ -73,6 +73,13 @@ def test_never_more_than_the_limit_in_any_window_and_no_refusal_without_cause(
             assert in_window == LIMIT, t
             oldest = min(s for s in admitted if t - WINDOW_MS < s <= t)
             assert answer == max(1, -(-(oldest + WINDOW_MS - t) // 1000))
+
+
+def test_a_limit_of_one_admits_one_submit_a_minute(settings: Settings) -> None:
+    # The window is the documented 60 s, to the millisecond.
+    times = [MINUTE, MINUTE + 1, MINUTE + 59_999, MINUTE + 60_000, MINUTE + 60_001]
+    answers = hits(settings, [("erin", t) for t in times], limit=1)
+    assert answers == [None, 60, 1, None, 60]
 
 
 def test_no_limit_records_nothing(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -21,16 +22,32 @@ def test_probe_reads_format_and_size() -> None:
     assert probed.image_id == image_id_for(data) and len(probed.image_id) == 64
 
 
-@pytest.mark.parametrize(
-    ("orientation", "size"), [(1, (64, 48)), (3, (64, 48)), (6, (48, 64)), (8, (48, 64))]
-)
-def test_exif_orientation_sets_the_displayed_size(orientation: int, size: tuple[int, int]) -> None:
+# What each EXIF orientation asks of the stored pixels to show them upright (the EXIF
+# standard's table), in numpy terms: independent of the code under test.
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored
+    3: lambda a: a[::-1, ::-1],  # upside down
+    4: lambda a: a[::-1],  # mirrored upside down
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored and on its side: width and height swap
+    6: lambda a: np.rot90(a, -1),  # on its side (a phone held upright)
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_every_exif_orientation_sets_the_displayed_size_and_pixels(orientation: int) -> None:
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(scene(64, 48), "JPEG", exif=exif.tobytes())
+    swapped = orientation >= 5
     probed = probe_image(data, max_pixels=10_000)
-    assert (probed.width, probed.height) == size
-    assert decode_rgb(data, max_pixels=10_000).shape[:2] == (size[1], size[0])
+    assert (probed.width, probed.height) == ((48, 64) if swapped else (64, 48))
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # no EXIF applied
+    shown = decode_rgb(data, max_pixels=10_000)
+    assert shown.shape[:2] == (probed.height, probed.width)
+    assert np.array_equal(shown, UPRIGHT[orientation](stored))
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
@@ -49,6 +66,21 @@ def test_alpha_is_dropped_keeping_the_colour_under_it() -> None:
     rgb = decode_rgb(encode(rgba), max_pixels=100)
     assert rgb.shape == (4, 4, 3)
     assert rgb[0, 0].tolist() == [10, 20, 30] and rgb[1, 1].tolist() == [200, 200, 200]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1)])
+def test_images_of_one_pixel_row_or_column_are_images(size: tuple[int, int]) -> None:
+    data = encode(np.full((size[1], size[0], 3), 90, np.uint8))
+    assert check_image(data, max_pixels=100).width == size[0]
+    assert decode_rgb(data, max_pixels=100).shape == (size[1], size[0], 3)
+
+
+def test_an_image_of_exactly_the_pixel_limit_is_accepted_and_one_more_is_not() -> None:
+    data = encode(scene(64, 48))
+    assert probe_image(data, max_pixels=64 * 48).height == 48
+    assert decode_rgb(data, max_pixels=64 * 48).shape == (48, 64, 3)
+    with pytest.raises(ImageTooLarge, match="= 3072 pixels; the limit is 3071"):
+        probe_image(data, max_pixels=64 * 48 - 1)
 
 
 def test_limits_and_refusals() -> None:
@@ -109,6 +141,22 @@ def test_a_damaged_or_cut_png_is_refused_at_the_gateway() -> None:
         check_image(data[:-12], max_pixels=10_000)  # IEND missing
     with pytest.raises(InvalidImage, match="truncated"):
         check_image(data[: data.index(b"IDAT") + 20], max_pixels=10_000)
+
+
+@pytest.mark.parametrize("cut", range(1, 13))
+def test_a_png_cut_anywhere_in_its_last_chunk_says_where(cut: int) -> None:
+    """IEND is 12 bytes: length and type (8), no payload, a checksum (4)."""
+    data = encode(scene(16, 12))
+    where = "inside its IEND chunk" if cut <= 4 else "ends before its IEND chunk"
+    with pytest.raises(InvalidImage, match=f"PNG is truncated.*{where}"):
+        check_image(data[:-cut], max_pixels=10_000)
+
+
+def test_sixteen_bit_greyscale_keeps_its_level_on_the_full_16_bit_scale() -> None:
+    """A dim 16-bit image stays dim (values over 65535), not stretched to its maximum."""
+    dim = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 4).astype(np.uint16)  # up to 1020
+    rgb = decode_rgb(encode(Image.fromarray(dim)), max_pixels=1000)
+    assert rgb.max() == 1020 * 255 // 65535 and rgb.min() == 0
 
 
 def test_pixel_data_made_invalid_under_valid_checksums_fails_on_the_worker() -> None:

@@ -108,6 +108,21 @@ def test_holes_are_spliced_into_their_outline_and_islands_stay_apart() -> None:
     assert not outline[30, 20] and outline[10, 10]
 
 
+def test_triangles_simplify_to_three_vertices_outline_and_hole_alike() -> None:
+    yy, xx = np.mgrid[0:100, 0:100]
+    mask = (xx >= 5) & (yy >= 5) & (xx + yy <= 90)  # a right triangle, stairs on its long side
+    hole = (xx >= 20) & (yy >= 20) & (xx + yy <= 60)  # and a triangular hole in it
+    mask &= ~hole
+    polygons = mask_polygons(mask, 2.0)
+    assert len(polygons) == 1
+    # Three vertices each, the hole's ring walked into the outline's by one bridge
+    # (there and back: the outline vertex and the hole's first vertex repeat).
+    assert len(polygons[0]) // 2 == 3 + 3 + 2
+    drawn = rasterise(polygons, 100, 100)
+    assert iou(drawn, mask) >= 0.9
+    assert not drawn[25, 25] and drawn[10, 10]  # inside the hole; inside the outline
+
+
 def test_one_pixel_parts_and_empty_masks() -> None:
     mask = np.zeros((10, 10), dtype=bool)
     assert mask_polygons(mask) == []
