@@ -14,7 +14,7 @@ import redis.asyncio as aredis
 from sam2fleet.api.admission import RESERVATION_MS, Admission
 from sam2fleet.api.service import JobService
 from sam2fleet.launcher.redis_server import free_port
-from sam2fleet.shared.errors import QueueFull, Unavailable
+from sam2fleet.shared.errors import QueueFull, StorageFull, Unavailable
 from sam2fleet.shared.queue import make_celery
 from sam2fleet.shared.records import Keys
 from sam2fleet.shared.schemas import JobSpec
@@ -118,3 +118,43 @@ def test_a_failed_enqueue_gives_its_slot_back_and_leaves_no_job(
     assert rdb.zcard(keys.reservations(MODEL)) == 0
     assert list(rdb.scan_iter(f"{settings.key_prefix}:job:*")) == []
     assert list(rdb.scan_iter(f"{settings.key_prefix}:idem:*")) == []
+
+
+def test_a_slot_lapses_thirty_seconds_after_it_was_taken(settings: Settings) -> None:
+    one = settings.model_copy(update={"max_queued_jobs": 1})
+    taken = 1_700_000_000_000
+
+    async def body(admission: Admission) -> list[str]:
+        out = [await admission.reserve(MODEL, 0, now_ms=taken)]
+        for now in (taken + 29_999, taken + 30_000):
+            try:
+                await admission.reserve(MODEL, 0, now_ms=now)
+                out.append("admitted")
+            except QueueFull:
+                out.append("queue_full")
+        return out
+
+    assert run(one, body)[1:] == ["queue_full", "admitted"]
+
+
+@pytest.mark.parametrize("as_bytes", [True, False])
+def test_refusals_say_what_is_full_whichever_way_redis_answers(
+    settings: Settings, as_bytes: bool
+) -> None:
+    """Redis answers the script's verdict as bytes, or as text on a decoding client."""
+    admission = Admission(settings, aredis.Redis.from_url(settings.redis_url))
+    word = (lambda w: w.encode()) if as_bytes else (lambda w: w)
+    with pytest.raises(StorageFull) as full:
+        admission._raise_if_refused([word("storage_full"), 9 * 2**20, 10 * 2**20], None)
+    assert full.value.message == (
+        "Redis holds 9.0 MiB of its 10.0 MiB limit (new work stops at 90%); retry once "
+        "results and images have expired or been fetched"
+    )
+    with pytest.raises(QueueFull, match=f"{MODEL} has {settings.max_queued_jobs} jobs waiting"):
+        admission._raise_if_refused([word("queue_full"), 3], MODEL)
+    admission._raise_if_refused([word("ok"), 0], MODEL)  # admitted: nothing raised
+
+
+def test_releasing_a_slot_never_raises_when_redis_is_gone(settings: Settings) -> None:
+    gone = aredis.Redis(host="127.0.0.1", port=free_port(), retry=None)
+    asyncio.run(Admission(settings, gone).release(MODEL, "some-slot"))  # logged, not raised

@@ -35,6 +35,7 @@ class Mutant:
     line: int
     source: str  # the line it changes, as it reads unmutated
     outcome: str  # killed, survived, incompetent (the mutant does not run)
+    mutated: str = ""  # that line as the mutant reads it (survivors only)
 
 
 def _test_command(module: dict[str, object]) -> list[str]:
@@ -93,18 +94,17 @@ def mutate(module: dict[str, object], operators: dict[str, list[str]]) -> list[M
             continue
         [mutation] = item["mutations"]
         line = mutation["start_pos"][0]
+        occurrence = (mutation["operator_name"], str(mutation["occurrence"]))
         outcome = {
             "normal": result["test_outcome"],  # killed, survived or incompetent
             "abnormal": "killed",  # the tests crashed or ran past the timeout
         }.get(result["worker_outcome"], "incompetent")  # the mutation could not be run
-        mutants.append(
-            Mutant(
-                mutation["operator_name"].removeprefix("core/"),
-                line,
-                lines[line - 1].strip(),
-                outcome,
-            )
+        mutant = Mutant(
+            mutation["operator_name"].removeprefix("core/"), line, lines[line - 1].strip(), outcome
         )
+        if outcome == "survived":
+            mutant.mutated = _mutated_line(path, line, *occurrence)
+        mutants.append(mutant)
     return mutants
 
 
@@ -125,6 +125,17 @@ def known(mutant: dict[str, str], module: dict[str, object]) -> bool:
     return done.returncode != 0
 
 
+def _mutated_line(path: str, line: int, operator: str, occurrence: str) -> str:
+    """The line a mutant changes, as it reads mutated (applied, read, put back)."""
+    file = ROOT / path
+    original = file.read_text()
+    try:
+        _run(f"{BIN}/cosmic-ray", "apply", path, operator, occurrence)
+        return file.read_text().splitlines()[line - 1].strip()
+    finally:
+        file.write_text(original)
+
+
 def main(argv: list[str]) -> int:
     targets = tomllib.loads((HERE / "targets.toml").read_text())
     equivalent = tomllib.loads((HERE / "equivalent.toml").read_text()).get("mutant", [])
@@ -137,14 +148,18 @@ def main(argv: list[str]) -> int:
         seconds = time.monotonic() - started
         tried = [m for m in mutants if m.outcome != "incompetent"]
         killed = [m for m in tried if m.outcome == "killed"]
-        explained = {(e["module"], e["operator"], e["source"]): e["why"] for e in equivalent}
+        # An entry names one mutant (`mutant`: the line as mutated) or every mutant
+        # of a line (`source`: the line as written) where no change to it shows.
+        explained = {(e["module"], e.get("mutant") or e["source"]): e["why"] for e in equivalent}
         survivors = [m for m in tried if m.outcome == "survived"]
         path = module["path"]
         print(f"{path}: {len(killed)}/{len(tried)} killed ({seconds:.0f} s)", flush=True)
         for m in survivors:
-            why = explained.get((path, m.operator, m.source))
+            why = explained.get((path, m.mutated)) or explained.get((path, m.source))
             unexplained += why is None
-            print(f"  {'equivalent' if why else 'SURVIVED'} {m.operator} line {m.line}: {m.source}")
+            print(
+                f"  {'equivalent' if why else 'SURVIVED'} {m.operator} line {m.line}: {m.mutated}"
+            )
             if why:
                 print(f"    ({why})")
         report[path] = {

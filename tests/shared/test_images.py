@@ -159,6 +159,33 @@ def test_sixteen_bit_greyscale_keeps_its_level_on_the_full_16_bit_scale() -> Non
     assert rgb.max() == 1020 * 255 // 65535 and rgb.min() == 0
 
 
+def test_the_probe_reads_the_header_only_and_the_check_the_whole_file() -> None:
+    data = encode(scene(64, 48))
+    flipped = bytearray(data)
+    flipped[data.index(b"IDAT") + 10] ^= 0xFF
+    # Probing (format and size) verifies no chunk: that is the check's work.
+    assert probe_image(bytes(flipped), max_pixels=10_000).width == 64
+    with pytest.raises(InvalidImage, match="IDAT fails its checksum"):
+        check_image(bytes(flipped), max_pixels=10_000)
+
+
+def test_a_broken_exif_block_does_not_reject_a_good_image() -> None:
+    data = encode(scene(64, 48))
+    at = data.index(b"IDAT") - 4  # before the pixel data's chunk
+    broken = data[:at] + _chunk(b"eXIf", b"not a TIFF header") + data[at:]
+    assert (
+        probe_image(broken, max_pixels=10_000).width,
+        check_image(broken, max_pixels=10_000).height,
+    ) == (64, 48)
+
+
+def test_sixteen_bit_levels_map_to_eight_bits_exactly() -> None:
+    """Every one of the 65536 levels: v becomes floor(v * 255 / 65535), as integers."""
+    levels = np.arange(65536, dtype=np.uint32).reshape(256, 256).astype(np.uint16)
+    grey = decode_rgb(encode(Image.fromarray(levels)), max_pixels=65536)[..., 0]
+    assert np.array_equal(grey.ravel(), np.arange(65536) * 255 // 65535)
+
+
 def test_pixel_data_made_invalid_under_valid_checksums_fails_on_the_worker() -> None:
     data = encode(scene(64, 48))
     (length,) = struct.unpack_from(">I", data, data.index(b"IDAT") - 4)

@@ -69,11 +69,22 @@ def test_the_exact_size_is_accepted() -> None:
 
 def test_the_logits_side_is_a_quarter_of_the_models_input() -> None:
     assert wire.low_res_side(None) == 256  # SAM 2.1's 1024 px
+    assert type(wire.low_res_side(None)) is int  # an array side, not a float
     assert [wire.low_res_side(n) for n in (512, 256, 1024)] == [128, 64, 256]
+
+
+def test_the_early_check_refuses_from_the_first_length_past_a_whole_payload() -> None:
+    """10,924 characters carry 8,192 bytes; 10,926 and 10,927 are no base64 length at
+    all (refused when decoded), 10,927 already by the early check."""
+    good = _logits(SIDE * SIDE * 2).data
+    with pytest.raises(InvalidInput, match="data is not valid base64"):
+        wire.decode_logits(Logits(data="A" * (len(good) + 2), shape=[SIDE, SIDE]), SIDE, "w")
+    with pytest.raises(InvalidInput, match="10927 base64 characters"):
+        wire.decode_logits(Logits(data="A" * (len(good) + 3), shape=[SIDE, SIDE]), SIDE, "w")
 
 
 def test_data_outside_base64_is_refused_not_skipped() -> None:
     good = _logits(SIDE * SIDE * 2).data
-    for bad in (good[:100] + "*" + good[100:], "A" * (len(good) + 2)):
+    for bad in (good[:100] + "*" + good[100:], good[:-4] + "!!!!"):
         with pytest.raises(InvalidInput, match="data is not valid base64"):
             wire.decode_logits(Logits(data=bad, shape=[SIDE, SIDE]), SIDE, "where")

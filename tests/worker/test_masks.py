@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sam2fleet.shared.schemas import OutputOptions
@@ -99,3 +100,10 @@ def test_png_and_polygon_formats_hold_the_same_mask() -> None:
     assert poly["segmentation"]["polygons"] == [[3.25, 4.25, 3.25, 8.75, 12.75, 8.75, 12.75, 4.25]]
     [auto] = auto_records([_ann(0.9)], OutputOptions(format="png"))
     assert "png" in auto["segmentation"]
+
+
+def test_candidates_and_scores_that_disagree_in_number_are_a_bug_not_a_short_result() -> None:
+    obj = _object([0.9, 0.8, 0.7])
+    obj.scores = obj.scores[:2]
+    with pytest.raises(ValueError, match="zip"):
+        prompt_records([obj], OutputOptions())

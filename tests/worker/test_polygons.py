@@ -123,6 +123,35 @@ def test_triangles_simplify_to_three_vertices_outline_and_hole_alike() -> None:
     assert not drawn[25, 25] and drawn[10, 10]  # inside the hole; inside the outline
 
 
+def test_a_hole_is_bridged_from_the_outline_vertex_nearest_to_it() -> None:
+    mask = np.zeros((60, 80), dtype=bool)
+    mask[5:55, 5:75] = True
+    mask[40:50, 60:70] = False  # a hole by the outline's bottom-right corner
+    [ring] = mask_polygons(mask)
+    points = [tuple(ring[i : i + 2]) for i in range(0, len(ring), 2)]
+    start = points.index((59.75, 40.25))  # the hole's first vertex (its top-left corner)
+    # Any outline vertex would fill the same pixels; the nearest makes the shortest
+    # bridge, which is what a person sees in an annotation tool.
+    assert points[start - 1] == (74.75, 54.75)
+    assert np.array_equal(rasterise([ring], 60, 80), mask)
+
+
+def test_simplification_never_collapses_a_thin_part_to_a_line() -> None:
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[4, 3:6] = True  # a row of three pixels: at 2 px it would simplify to 2 vertices
+    mask[1, 8] = mask[2, 9] = mask[3, 10] = True  # a diagonal, likewise
+    assert np.array_equal(rasterise(mask_polygons(mask, 2.0), 10, 12), mask)
+
+
+def test_rings_are_simplified_as_closed_rings() -> None:
+    """The trace's starting vertex is not kept for its own sake: a small disk at 3 px
+    is four vertices, where an open polyline from that start needs five."""
+    yy, xx = np.mgrid[0:60, 0:60]
+    disk = (xx - 30) ** 2 + (yy - 30) ** 2 < 25
+    [ring] = mask_polygons(disk, 3.0)
+    assert len(ring) // 2 == 4
+
+
 def test_one_pixel_parts_and_empty_masks() -> None:
     mask = np.zeros((10, 10), dtype=bool)
     assert mask_polygons(mask) == []
