@@ -47,7 +47,7 @@ typecheck: install
 
 # Mutation testing of the modules that guard input, limits, admission, records and
 # masks (tests/mutation/targets.toml), each against its own tests; not part of
-# `make test` (about 15 minutes on 2 cores). One module: make mutate MODULES=api/limits.py
+# `make test` (about 20 minutes on 2 cores). One module: make mutate MODULES=api/limits.py
 MUTATION_TOOL := cosmic-ray==8.7.0
 MODULES ?=
 mutate: install
