@@ -154,13 +154,16 @@ class Fleet:
 
 
 def fleet_env(
-    redis_url: str, checkpoint: Path, prefix: str, image_size: int | None, **extra: str
+    redis_url: str, checkpoint: Path | None, prefix: str, image_size: int | None, **extra: str
 ) -> dict[str, str]:
+    """The fleet processes' environment; no checkpoint: the fleet finds its own (random
+    weights, or a checkpoint folder, given in `extra`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM2FLEET_")}
+    if checkpoint is not None:
+        env["SAM2FLEET_CHECKPOINT"] = str(checkpoint)
     env.update(
         {
             "SAM2FLEET_REDIS_URL": redis_url,
-            "SAM2FLEET_CHECKPOINT": str(checkpoint),
             "SAM2FLEET_KEY_PREFIX": prefix,
             "SAM2FLEET_DEVICE": "cpu",
             "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",

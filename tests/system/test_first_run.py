@@ -3,7 +3,6 @@ worker whose warm-up hangs reported and replaced, Ctrl-C quick even when stuck."
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -11,28 +10,13 @@ from pathlib import Path
 import psutil
 import redis
 
-from tests.support import RedisServer, encode, scene
+from tests.support import RedisServer, encode, fleet_env, scene
 from tests.system.client import b64, run
 from tests.system.up import Output, sam2fleet_up
 
 READY_S = 240  # a first run: the checkpoint written, two models loaded on 2 cores
 STOP_S = 10  # Ctrl-C to exit, whatever the workers are doing
 BODY = {"image": b64(encode(scene(120, 90))), "prompts": [{"box": [10, 10, 80, 60]}]}
-
-
-def up_env(redis_server: RedisServer, prefix: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM2FLEET_")}
-    return {
-        **env,
-        "SAM2FLEET_REDIS_URL": redis_server.url,
-        "SAM2FLEET_KEY_PREFIX": prefix,
-        "SAM2FLEET_DEVICE": "cpu",
-        "SAM2FLEET_MODEL_IMAGE_SIZE": "256",
-        "SAM2FLEET_HEARTBEAT_INTERVAL_S": "1",
-        "SAM2FLEET_HEARTBEAT_TTL_S": "5",
-        "SAM2FLEET_WORKER_METRICS_PORT": "0",
-        **extra,
-    }
 
 
 def started_pids(out: Output, after: int = 0) -> dict[str, int]:
@@ -48,12 +32,8 @@ def stuck_env(
 ) -> dict[str, str]:
     """A fleet whose model processes meet the warm-up fault `fault` (worker/faults.py)."""
     redis.Redis.from_url(redis_server.url).set(f"{prefix}:fault:warmup", fault)
-    return up_env(
-        redis_server,
-        prefix,
-        SAM2FLEET_CHECKPOINT=str(checkpoint),
-        SAM2FLEET_FAULT_INJECTION="1",
-        **extra,
+    return fleet_env(
+        redis_server.url, checkpoint, prefix, 256, SAM2FLEET_FAULT_INJECTION="1", **extra
     )
 
 
@@ -82,9 +62,11 @@ def test_first_run_writes_random_weights_once_serves_and_stops(
 ) -> None:
     # As in a fresh clone: no checkpoint folder at all, random weights asked for.
     checkpoints = tmp_path / "checkpoints"
-    env = up_env(
-        redis_server,
+    env = fleet_env(
+        redis_server.url,
+        None,
         prefix,
+        256,
         SAM2FLEET_RANDOM_WEIGHTS="1",
         SAM2FLEET_CHECKPOINT_DIR=str(checkpoints),
     )
